@@ -1,0 +1,118 @@
+"""Helpers the Molecule scenarios' testinfra tests share.
+
+They read what the local test mirror serves (tests/mirror) and what a node holds, so each
+scenario's tests stay a short list of what a user checks after a run.
+"""
+
+import copy
+import hashlib
+import os
+import shlex
+import tarfile
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHIM = "containerd-shim-runsc-v1"
+RUNTIME_TYPE = "io.containerd.runsc.v1"
+
+
+def mirror_dir():
+    """The directory tests/mirror/build filled and tests/mirror/serve serves."""
+    return Path(os.environ.get("CONTAINERD_GVISOR_MIRROR_DIR", REPO / ".cache" / "mirror"))
+
+
+def release_dir(version, arch):
+    """The mirror's directory of one release, `latest` resolved like the mirror does."""
+    return (mirror_dir() / "release" / str(version) / arch).resolve()
+
+
+def expected_files(version, arch):
+    """Map of path (relative to the bin dir) to the sha512 the mirror's release holds."""
+    rel = release_dir(version, arch)
+    archive = rel / "gvisor.tar.bz2"
+    if not archive.exists():
+        return {name: sha512_file(rel / name) for name in ("runsc", SHIM)}
+    files = {}
+    with tarfile.open(archive, "r:bz2") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                name = member.name.removeprefix("./")
+                files[name] = hashlib.sha512(tar.extractfile(member).read()).hexdigest()
+    return files
+
+
+def uses_archive(version, arch):
+    return (release_dir(version, arch) / "gvisor.tar.bz2").exists()
+
+
+def sha512_file(path):
+    return hashlib.sha512(Path(path).read_bytes()).hexdigest()
+
+
+def node_sha512(host, path):
+    return host.check_output("sha512sum %s", path).split()[0]
+
+
+def node_toml(host, path):
+    return tomllib.loads(host.file(path).content_string)
+
+
+def dig(data, *keys):
+    """data[k1][k2]... or None when any key is missing."""
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def cri_runtimes_path(version):
+    """The keys of the CRI runtimes table for a config file's `version`."""
+    if version in (3, 4):
+        return ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"]
+    return ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"]
+
+
+def handler_table(config, handler):
+    return dig(config, *cri_runtimes_path(config.get("version", 1)), handler)
+
+
+def without_handler(config, handler):
+    """A deep copy of config without the handler's table."""
+    config = copy.deepcopy(config)
+    runtimes = dig(config, *cri_runtimes_path(config.get("version", 1)))
+    if runtimes is not None:
+        runtimes.pop(handler, None)
+    return config
+
+
+def runsc_flags(host, runsc_toml):
+    """The runsc flags containerd's shim would pass, read from the node's runsc.toml."""
+    if not host.file(runsc_toml).exists:
+        return []
+    table = node_toml(host, runsc_toml).get("runsc_config", {})
+    return ["--%s=%s" % (key, value) for key, value in sorted(table.items())]
+
+
+def sandbox_flags(host, runsc_toml):
+    """Flags for starting a sandbox by hand: the node's runsc.toml, minus what only the shim
+    uses, plus no network (runsc refuses the host's network namespace here)."""
+    flags = [f for f in runsc_flags(host, runsc_toml) if not f.startswith("--systemd-cgroup=")]
+    return flags + ["--network=none"]
+
+
+def dmesg_lines(output):
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def assert_gvisor_banner(output):
+    """gVisor's dmesg: 'Starting gVisor...' first, 'Ready!' last, random lines between."""
+    lines = dmesg_lines(output)
+    assert lines, "dmesg printed nothing"
+    assert "Starting gVisor..." in lines[0], output
+    assert "Ready!" in lines[-1], output
+
+
+def shell(*argv):
+    return " ".join(shlex.quote(str(a)) for a in argv)
