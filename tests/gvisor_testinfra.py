@@ -96,10 +96,9 @@ def runsc_flags(host, runsc_toml):
 
 
 def sandbox_flags(host, runsc_toml):
-    """Flags for starting a sandbox by hand: the node's runsc.toml, minus what only the shim
-    uses, plus no network (runsc refuses the host's network namespace here)."""
-    flags = [f for f in runsc_flags(host, runsc_toml) if not f.startswith("--systemd-cgroup=")]
-    return flags + ["--network=none"]
+    """Flags for starting a sandbox by hand: the node's runsc.toml flags, as the shim passes
+    them, plus no network (runsc refuses the host's network namespace in a test container)."""
+    return runsc_flags(host, runsc_toml) + ["--network=none"]
 
 
 def dmesg_lines(output):

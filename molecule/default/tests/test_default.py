@@ -127,14 +127,8 @@ def test_containerd_starts_a_gvisor_sandbox(host, node):
     # The shim in the test mirror is a stand-in, so containerd drives the installed runsc
     # through the runc shim, with a wrapper that adds the node's runsc flags.
     wrapper = "/usr/local/sbin/runsc-for-ctr"
-    flags = " ".join(sandbox_flags(host, RUNSC_TOML))
-    host.check_output(
-        "printf '#!/bin/sh\\nexec %s %s \"$@\"\\n' > %s && chmod 0755 %s",
-        f"{node['bin_dir']}/runsc",
-        flags,
-        wrapper,
-        wrapper,
-    )
+    script = "#!/bin/sh\nexec %s \"$@\"\n" % shell(f"{node['bin_dir']}/runsc", *sandbox_flags(host, RUNSC_TOML))
+    host.check_output(f"printf %s {shell(script)} > {wrapper} && chmod 0755 {wrapper}")
     rootfs = "/var/tmp/gvisor-test-rootfs"
     host.check_output(
         "rm -rf {r} && mkdir -p {r}/bin {r}/proc {r}/dev {r}/sys {r}/tmp"
