@@ -1,0 +1,194 @@
+"""Build node images with packer/node.json and check a node booted from each, as a user would.
+
+Each case builds the template's docker builder from a JSON var file (packer/vars/gvisor.json, or
+a copy with one value changed) with the mirror pointed at the local test mirror (tests/mirror),
+starts a container from the image with systemd as PID 1, and checks it. tests/packer/run sets
+up the machine and runs this file.
+"""
+
+import json
+import os
+import subprocess
+import time
+import tomllib
+
+import pytest
+import testinfra
+
+from gvisor_testinfra import (
+    REPO,
+    RUNTIME_TYPE,
+    SHIM,
+    assert_gvisor_banner,
+    expected_files,
+    handler_table,
+    node_sha512,
+    release_dir,
+    sandbox_flags,
+    shell,
+)
+
+TEMPLATE = REPO / "packer" / "node.json"
+VAR_FILE = REPO / "packer" / "vars" / "gvisor.json"
+MIRROR_URL = "http://127.0.0.1:%s" % os.environ.get("CONTAINERD_GVISOR_MIRROR_PORT", "18080")
+IMAGE_REPOSITORY = "packer-test-node"
+BIN_DIR = "/usr/local/bin"
+CONFIG = "/etc/containerd/config.toml"
+RUNSC_TOML = "/etc/containerd/runsc.toml"
+HANDLER = "gvisor"
+NODE_CAPABILITIES = [
+    line.strip()
+    for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+# Case name -> values that differ from packer/vars/gvisor.json. Packer variables are strings.
+CASES = {
+    "gvisor": {},
+    "disabled": {"containerd_gvisor_runtime": "false"},
+    "pinned": {"containerd_gvisor_version": "20221219"},
+}
+
+
+def run(argv, timeout=120):
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def packer(*args, timeout=120):
+    """Run packer offline (no version check) and return its output, failing the test on an error."""
+    env = dict(os.environ, CHECKPOINT_DISABLE="1")
+    proc = subprocess.run(
+        ["packer", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, "packer %s failed:\n%s%s" % (" ".join(args), proc.stdout[-6000:], proc.stderr)
+    return proc.stdout
+
+
+def wait_for_boot(host, seconds=60):
+    """systemd's final state; until its bus is up, systemctl cannot even wait for it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = host.run("systemctl is-system-running --wait").stdout.strip()
+        if state in ("running", "degraded") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+def remove(container, image):
+    run(["docker", "rm", "--force", container])
+    run(["docker", "image", "rm", "--force", image])
+
+
+class Node:
+    def __init__(self, case, variables, host):
+        self.case = case
+        self.variables = variables
+        self.host = host
+
+    @property
+    def gvisor(self):
+        return self.variables["containerd_gvisor_runtime"] == "true"
+
+    @property
+    def version(self):
+        return self.variables["containerd_gvisor_version"]
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def node(request, tmp_path_factory):
+    """Build the case's image and boot a container from it; both are removed after the case's tests."""
+    case = request.param
+    variables = json.loads(VAR_FILE.read_text()) | CASES[case]
+    var_file = VAR_FILE
+    if CASES[case]:
+        var_file = tmp_path_factory.mktemp(case) / "vars.json"
+        var_file.write_text(json.dumps(variables, indent=2))
+    image = f"{IMAGE_REPOSITORY}:{case}"
+    container = f"packer-{case}"
+    remove(container, image)
+    request.addfinalizer(lambda: remove(container, image))
+
+    packer(
+        "build", "-color=false", "-only=docker", f"-var-file={var_file}",
+        f"-var=containerd_gvisor_mirror_url={MIRROR_URL}",
+        f"-var=docker_repository={IMAGE_REPOSITORY}", f"-var=docker_tag={case}",
+        str(TEMPLATE), timeout=900,
+    )  # fmt: skip
+
+    # The image's own command (systemd) boots it, with the node container settings of tests/harness.
+    caps = [f"--cap-add={cap}" for cap in NODE_CAPABILITIES]
+    started = run(
+        ["docker", "run", "--detach", f"--name={container}", "--network=host", "--cgroupns=host", *caps,
+         "--security-opt=seccomp=unconfined", "--security-opt=apparmor=unconfined",
+         "--tmpfs=/run", "--tmpfs=/run/lock", "--volume=/sys/fs/cgroup:/sys/fs/cgroup:rw", image]
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    host = testinfra.get_host(f"docker://{container}")
+    state = wait_for_boot(host)
+    assert state in ("running", "degraded"), f"{container} did not boot: {state!r}"
+    return Node(case, variables, host)
+
+
+@pytest.mark.parametrize("builder", ["all", "docker", "qemu"])
+def test_packer_validate_passes(builder):
+    # qemu's default checksum is a URL that Packer fetches while validating; a literal keeps this offline.
+    offline_checksum = "sha512:" + "0" * 128
+    only = [] if builder == "all" else [f"-only={builder}"]
+    packer("validate", *only, f"-var-file={VAR_FILE}", f"-var=qemu_image_checksum={offline_checksum}", str(TEMPLATE))
+
+
+def test_containerd_runs_when_the_image_boots(node):
+    assert node.host.service("containerd").is_enabled
+    assert node.host.service("containerd").is_running
+    plugins = node.host.check_output("ctr plugins ls")
+    assert any(line.split()[1] == "cri" and line.split()[-1] == "ok" for line in plugins.splitlines()[1:]), plugins
+
+
+def test_runsc_shim_and_gvisor_bin_have_the_mirrors_checksums(node):
+    if not node.gvisor:
+        pytest.skip("built without gVisor")
+    arch = node.host.system_info.arch
+    expected = expected_files(node.version, arch)
+    assert "runsc" in expected and SHIM in expected
+    for rel_path, sha512 in expected.items():
+        assert node_sha512(node.host, f"{BIN_DIR}/{rel_path}") == sha512, f"{rel_path} differs from the mirror's bytes"
+    gvisor_bin = node.host.file(f"{BIN_DIR}/gvisor-bin")
+    assert gvisor_bin.exists == any(p.startswith("gvisor-bin/") for p in expected)
+
+
+def test_runsc_is_the_release_the_var_file_names(node):
+    if not node.gvisor:
+        pytest.skip("built without gVisor")
+    # latest resolves to a dated release on the mirror; a pinned date must not.
+    release = release_dir(node.version, node.host.system_info.arch).parent.name.split(".")[0]
+    if node.version != "latest":
+        assert release == node.version
+    assert f"runsc version 0.0~{release}" in node.host.check_output(f"{BIN_DIR}/runsc --version")
+    record = json.loads(node.host.file("/var/lib/containerd-gvisor/release.json").content_string)
+    assert record["release"]["version"] == node.version
+
+
+def test_effective_config_registers_the_gvisor_handler(node):
+    dump = tomllib.loads(node.host.check_output("containerd --config %s config dump", CONFIG))
+    table = handler_table(dump, HANDLER)
+    if node.gvisor:
+        assert table is not None and table["runtime_type"] == RUNTIME_TYPE
+    else:
+        assert table is None, "a gVisor handler in an image built without gVisor"
+
+
+def test_dmesg_in_a_sandbox_shows_the_gvisor_banner(node):
+    if not node.gvisor:
+        pytest.skip("built without gVisor")
+    argv = [f"{BIN_DIR}/runsc", *sandbox_flags(node.host, RUNSC_TOML), "do", "dmesg"]
+    assert_gvisor_banner(node.host.check_output(shell(*argv)))
+
+
+def test_image_built_with_the_string_false_has_no_gvisor(node):
+    if node.gvisor:
+        pytest.skip("built with gVisor")
+    for path in ("runsc", SHIM, "gvisor-bin"):
+        assert not node.host.file(f"{BIN_DIR}/{path}").exists, path
+    assert not node.host.file(RUNSC_TOML).exists
+    assert not node.host.file("/var/lib/containerd-gvisor").exists
+    assert "runsc" not in node.host.file(CONFIG).content_string
