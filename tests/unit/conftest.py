@@ -54,8 +54,8 @@ def make_tar(path: Path, members: dict, mode: str = "w:bz2") -> str:
     return sha512(path.read_bytes())
 
 
-def run_module(args: dict, check_mode: bool = False) -> tuple[int, dict]:
-    """Run the install module the way Ansible does (args file, JSON on stdout)."""
+def run_module(args: dict, check_mode: bool = False, module: Path = MODULE) -> tuple[int, dict]:
+    """Run a module of the role (the install module unless told) the way Ansible does (args file, JSON on stdout)."""
     payload = dict(args)
     if check_mode:
         payload["_ansible_check_mode"] = True
@@ -63,7 +63,7 @@ def run_module(args: dict, check_mode: bool = False) -> tuple[int, dict]:
         json.dump({"ANSIBLE_MODULE_ARGS": payload}, args_file)
         args_file.flush()
         proc = subprocess.run(
-            [sys.executable, str(MODULE), args_file.name], capture_output=True, text=True, check=False, timeout=120
+            [sys.executable, str(module), args_file.name], capture_output=True, text=True, check=False, timeout=120
         )
     try:
         return proc.returncode, json.loads(proc.stdout)
