@@ -355,9 +355,18 @@ def test_absent_removes_everything_recorded(node):
     )
     assert node.tree() == {}
     assert not node.state_file.exists()
+    assert not node.state_file.parent.exists()  # the lock file went too, and the emptied directory
 
     rc, result = node.run(state="absent")
     assert (rc, result["changed"], result["removed"]) == (0, False, [])
+
+
+def test_absent_keeps_a_state_directory_that_holds_other_files(node):
+    node.install(node.archive_release())
+    (node.state_file.parent / "notes.txt").write_text("someone else's\n")
+    rc, result = node.run(state="absent")
+    assert (rc, result["changed"]) == (0, True)
+    assert sorted(os.listdir(node.state_file.parent)) == ["notes.txt"]
 
 
 def test_absent_without_any_state_still_removes_the_binaries(node):

@@ -618,7 +618,16 @@ def run_absent(module):
         if not module.check_mode:
             for path in targets:
                 remove_path(path)
+            remove_record_dir(state_file)
         return result
+
+
+def remove_record_dir(state_file):
+    """Remove the lock file and, when nothing else is left in it, the install record's directory."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{state_file}.lock")  # a run waiting on it goes on and finds nothing installed
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(state_file))
 
 
 def main():
