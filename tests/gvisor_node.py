@@ -1,0 +1,167 @@
+"""A node container to run the role against, and ways to read it.
+
+The role runs with ansible-playbook (playbooks/gvisor.yml over the community.docker.docker
+connection, results read from the ansible.posix.json callback); the node is read with `docker exec`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gvisor_testinfra import REPO
+
+ARCH = platform.machine()
+PLAYBOOK = REPO / "playbooks" / "gvisor.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+CONFIG = "/etc/containerd/config.toml"
+RUNSC_TOML = "/etc/containerd/runsc.toml"
+BIN_DIR = "/usr/local/bin"
+STATE_DIR = "/var/lib/containerd-gvisor"
+
+# Everything a run may change, read in one `docker exec`: files by sha512, staging directories
+# left in /tmp, and containerd's main process (a restart changes MainPID and ActiveEnterTimestamp).
+SNAPSHOT = r"""
+import glob, hashlib, json, os, subprocess, sys
+files = {}
+for top in sys.argv[1:]:
+    for root, dirs, names in os.walk(top):
+        for name in dirs:
+            files[os.path.join(root, name) + "/"] = "directory"
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                files[path] = hashlib.sha512(handle.read()).hexdigest()
+show = subprocess.run(["systemctl", "show", "containerd", "-p", "MainPID", "-p", "ActiveEnterTimestamp",
+                       "-p", "ActiveState"], capture_output=True, text=True).stdout
+print(json.dumps({"files": files, "staging": sorted(glob.glob("/tmp/containerd-gvisor.*")),
+                  "containerd": dict(line.split("=", 1) for line in show.splitlines() if "=" in line)}))
+"""
+
+
+class Play:
+    """One finished ansible-playbook run against one node, read from the ansible.posix.json callback."""
+
+    def __init__(self, node, rc, stdout, stderr):
+        self.node, self.rc = node, rc
+        try:
+            self.data = json.loads(stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"ansible-playbook printed no JSON (rc {rc}):\n{stdout}\n{stderr}") from None
+
+    @property
+    def ok(self):
+        return self.rc == 0
+
+    @property
+    def changed(self):
+        """How many tasks reported a change."""
+        return self.data["stats"][self.node]["changed"]
+
+    def results(self):
+        """(task name, result) of every task run, in order."""
+        return [(task["task"]["name"].split(" : ", 1)[-1], task["hosts"][self.node])
+                for play in self.data["plays"] for task in play["tasks"] if self.node in task["hosts"]]
+
+    def result(self, name):
+        """The result of the last task run with this name."""
+        found = [result for task, result in self.results() if task == name]
+        assert found, f"no task {name!r} ran: {[task for task, _ in self.results()]}"
+        return found[-1]
+
+    @property
+    def message(self):
+        """What the run ended with: the message of the last task that failed."""
+        failed = [result.get("msg", "") for _task, result in self.results() if result.get("failed")]
+        return failed[-1] if failed else ""
+
+    def __repr__(self):
+        return f"<Play rc={self.rc} changed={self.changed} message={self.message!r}>"
+
+
+class Node:
+    """The node container, the role's variables for it, and ways to read it."""
+
+    def __init__(self, name, variables=None):
+        self.name = name
+        self.vars = dict(variables or {})  # the role's variables for every run
+
+    def sh(self, script, check=True, stdin=None):
+        """Run a shell script on the node and return its stdout."""
+        proc = subprocess.run(["docker", "exec", "-i", self.name, "sh", "-c", script], input=stdin,
+                              capture_output=True, check=False, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{script!r} failed on {self.name}: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout.decode(errors="replace")
+
+    def read(self, path):
+        """A file's bytes, or None when it does not exist."""
+        proc = subprocess.run(["docker", "exec", self.name, "cat", path], capture_output=True, check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def write(self, path, data):
+        self.sh(f"cat > {shlex.quote(path)}", stdin=data)
+
+    def snapshot(self):
+        """What the role may change on the node, as SNAPSHOT reads it; equal snapshots mean nothing changed."""
+        argv = ["docker", "exec", self.name, "python3", "-c", SNAPSHOT, BIN_DIR, os.path.dirname(CONFIG), STATE_DIR]
+        return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+    def release(self):
+        """The install record (release.json), or None."""
+        data = self.read(f"{STATE_DIR}/release.json")
+        return json.loads(data) if data else None
+
+    def containerd_active(self):
+        return self.sh("systemctl is-active containerd", check=False).strip() == "active"
+
+    def start_play(self, **overrides):
+        """Start playbooks/gvisor.yml against the node with the node's variables plus overrides."""
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_PIPELINING="1",
+                   ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+        argv = [str(ANSIBLE_PLAYBOOK), "-i", f"{self.name},", "-c", "community.docker.docker",
+                "-e", json.dumps({**self.vars, **overrides}), str(PLAYBOOK)]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def finish(self, proc):
+        """Wait for a run start_play began and return the finished Play."""
+        stdout, stderr = proc.communicate(timeout=600)
+        return Play(self.name, proc.returncode, stdout, stderr)
+
+    def play(self, **overrides):
+        """Run the role and return the finished Play."""
+        return self.finish(self.start_play(**overrides))
+
+
+def start_node(name, image, initial_config=None):
+    """Start a systemd node container as tests/harness/try-node does (no privileged mode, the host's
+    cgroup v1 tree as bookworm and trixie need it) and wait for it to boot; with initial_config,
+    containerd restarts with that config.toml."""
+    capabilities = [line.strip() for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "--cgroupns", "host",
+                    *[arg for cap in capabilities for arg in ("--cap-add", cap)],
+                    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+                    "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                    image, "/lib/systemd/systemd"], capture_output=True, text=True, check=True)
+    node = Node(name)
+    deadline = time.monotonic() + 60
+    while node.sh("systemctl is-system-running", check=False).strip() not in ("running", "degraded"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"systemd did not finish booting {name} within 60 s")
+        time.sleep(0.5)
+    if initial_config is not None:
+        node.write(CONFIG, initial_config)
+        node.sh("systemctl restart containerd")
+    return node
+
+
+def remove_node(name):
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
