@@ -169,3 +169,34 @@ def test_check_mode_downloads_nothing(mirror, tmp_path):
 def test_bad_arguments_are_refused(args, message):
     rc, result = run_module(args, module=FETCH)
     assert result["failed"] and message in result["msg"]
+
+
+def test_a_verified_file_already_at_dest_is_not_fetched_again(mirror, tmp_path):
+    dest = tmp_path / "cache" / DIGEST / "gvisor.tar.bz2"
+    seen = len(mirror.requests())
+    rc, first = fetch(mirror, ARCHIVE, dest=str(dest), sha512=DIGEST)
+    rc2, second = fetch(mirror, ARCHIVE, dest=str(dest), sha512=DIGEST)
+    assert rc == rc2 == 0 and first["changed"] and not second["changed"] and second["cached"]
+    assert [r["path"] for r in mirror.requests()[seen:]] == [ARCHIVE]  # one request for two runs
+
+
+def test_a_damaged_file_at_dest_is_fetched_again(mirror, tmp_path):
+    dest = tmp_path / "gvisor.tar.bz2"
+    dest.write_bytes(b"not the release")
+    rc, result = fetch(mirror, ARCHIVE, dest=str(dest), sha512=DIGEST)
+    assert rc == 0 and result["changed"] and "cached" not in result
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_concurrent_runs_for_one_dest_fetch_it_once(mirror, tmp_path):
+    import concurrent.futures
+
+    mirror.set_faults({ARCHIVE: {"kind": "stall", "seconds": 0.5}})  # keep the first fetch in flight
+    dest = tmp_path / "gvisor.tar.bz2"
+    seen = len(mirror.requests())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: fetch(mirror, ARCHIVE, dest=str(dest), sha512=DIGEST), range(4)))
+    assert all(rc == 0 for rc, _ in results)
+    assert sum(1 for _, r in results if r.get("cached")) == 3
+    assert [r["path"] for r in mirror.requests()[seen:]] == [ARCHIVE]
+    assert sorted(os.listdir(tmp_path)) == ["gvisor.tar.bz2"]

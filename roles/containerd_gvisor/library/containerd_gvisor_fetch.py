@@ -17,6 +17,10 @@ description:
     any other HTTP error, and a complete body whose sha512 is not O(sha512).
   - With O(dest) the body is written to O(dest) only once it matches O(sha512); without it the
     body (at most 1 MiB, e.g. a C(.sha512) file) is returned in RV(content).
+  - A O(dest) that already holds a file with the sha512 O(sha512) is kept and nothing is fetched
+    (RV(cached)), so a download cache needs no other bookkeeping. Missing parent directories of
+    O(dest) are created, and runs for the same O(dest) take turns (a lock on its directory), so
+    concurrent runs fetch a file once.
 options:
   url:
     description: The http or https URL to fetch.
@@ -91,6 +95,10 @@ size:
   description: Bytes in the body.
   returned: when found
   type: int
+cached:
+  description: True when O(dest) already held the verified file and nothing was fetched.
+  returned: when nothing was fetched for that reason
+  type: bool
 attempts:
   description: Requests made.
   returned: always
@@ -102,6 +110,7 @@ errors:
   elements: str
 """
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -246,6 +255,16 @@ def check_body(params, body, name):
     )
 
 
+def file_sha512(path):
+    """sha512 hex digest and size of a file on disk."""
+    digest, size = hashlib.sha512(), 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def fetch(module):
     """Fetch with retries; exit with the module result."""
     params = module.params
@@ -312,9 +331,28 @@ def main():
         module.fail_json(msg="tries and timeout must be at least 1 and delay must not be negative")
     if params["sha512"]:
         params["sha512"] = params["sha512"].strip().lower()
-    if module.check_mode and params["dest"]:
+    dest = params["dest"]
+    if module.check_mode and dest and not os.path.isfile(dest):
         module.exit_json(changed=True, found=True, status=0, url=params["url"], attempts=0, errors=[])
-    fetch(module)
+    if not dest:
+        fetch(module)
+    os.makedirs(os.path.dirname(dest) or ".", mode=0o755, exist_ok=True)
+    # Runs for several nodes share a cache on the control node: one of them fetches, the
+    # others wait for it (a lock on dest's directory, so no lock file is left) and then find
+    # the verified file.
+    lock = os.open(os.path.dirname(dest) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if params["sha512"] and os.path.isfile(dest):
+            digest, size = file_sha512(dest)
+            if digest == params["sha512"]:
+                module.exit_json(changed=False, found=True, status=0, url=params["url"], attempts=0, errors=[],
+                                 sha512=digest, size=size, cached=True)
+        if module.check_mode:
+            module.exit_json(changed=True, found=True, status=0, url=params["url"], attempts=0, errors=[])
+        fetch(module)
+    finally:
+        os.close(lock)
 
 
 if __name__ == "__main__":
