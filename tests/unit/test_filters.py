@@ -667,3 +667,30 @@ def test_filters_work_inside_ansible(tmp_path):
     )
     assert proc.returncode != 0
     assert "v must be a boolean (true or false" in proc.stdout + proc.stderr
+
+
+# --- failure messages ------------------------------------------------------------------------
+
+
+def test_failure_message_of_a_task():
+    assert filters.containerd_gvisor_failure_message({"failed": True, "msg": "GET url failed: HTTP 500"}) == (
+        "GET url failed: HTTP 500"
+    )
+
+
+def test_failure_message_of_a_loop_names_every_failed_item_once():
+    result = {"failed": True, "msg": "One or more items failed", "results": [
+        {"failed": False, "msg": "fine"},
+        {"failed": True, "msg": "runsc from url does not match its checksum"},
+        {"skipped": True},
+        {"failed": True, "msg": "GET shim failed: HTTP 404 Not Found"},
+        {"failed": True, "msg": "GET shim failed: HTTP 404 Not Found"},
+    ]}
+    assert filters.containerd_gvisor_failure_message(result) == (
+        "runsc from url does not match its checksum; GET shim failed: HTTP 404 Not Found"
+    )
+
+
+def test_failure_message_without_any_message():
+    assert filters.containerd_gvisor_failure_message({"failed": True}) == "the task failed without a message"
+    assert filters.containerd_gvisor_failure_message({"results": [{"failed": True}], "msg": "outer"}) == "outer"

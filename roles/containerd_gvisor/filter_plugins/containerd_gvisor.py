@@ -845,6 +845,22 @@ def _runsc_value(value, where):
     )
 
 
+# --- 9. failures -----------------------------------------------------------------------
+
+
+def containerd_gvisor_failure_message(result):
+    """Return what a failed task result says went wrong; for a loop, the message of every failed item."""
+    if not isinstance(result, collections.abc.Mapping):
+        return str(result)
+    items = result.get("results")
+    if isinstance(items, list):
+        messages = [str(item["msg"]) for item in items
+                    if isinstance(item, collections.abc.Mapping) and item.get("failed") and item.get("msg")]
+        if messages:
+            return "; ".join(dict.fromkeys(messages))  # each once, in order
+    return str(result.get("msg") or "the task failed without a message")
+
+
 class FilterModule:
     """Filters of the containerd_gvisor role."""
 
@@ -860,4 +876,5 @@ class FilterModule:
             "containerd_gvisor_runsc_toml": containerd_gvisor_runsc_toml,
             "containerd_gvisor_release_checksums": containerd_gvisor_release_checksums,
             "containerd_gvisor_handler_runtime_type": containerd_gvisor_handler_runtime_type,
+            "containerd_gvisor_failure_message": containerd_gvisor_failure_message,
         }
