@@ -12,8 +12,10 @@ import datetime
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +32,7 @@ OLD = "20221219"  # the loose layout
 
 
 @pytest.fixture(scope="module")
-def node(mirror):
+def node(mirror, tmp_path_factory):
     """One fresh node for the module, removed afterwards (kept with CONTAINERD_GVISOR_KEEP_NODE=1)."""
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
         pytest.fail(f"no {IMAGE} image: run tests/harness/start-docker and tests/harness/build-images bookworm")
@@ -41,6 +43,9 @@ def node(mirror):
         "containerd_gvisor_version": BASELINE,
         # Given, so that no run spends time gathering it (the Molecule scenarios do).
         "containerd_gvisor_arch": ARCH,
+        # The control node's download cache of this module alone: a file cached by another run
+        # would never meet the faults set here.
+        "containerd_gvisor_download_cache_dir": str(tmp_path_factory.mktemp("download-cache")),
         # Short waits keep the suite fast; the faults below are sized to them.
         "containerd_gvisor_download_timeout": 2,
         "containerd_gvisor_download_retries": 3,
@@ -63,6 +68,12 @@ def installed(node):
     """The node with a working gVisor install of the baseline release; returns its snapshot."""
     ensure_release(node, BASELINE)
     return node.snapshot()
+
+
+def empty_download_cache(node):
+    cache = Path(node.vars["containerd_gvisor_download_cache_dir"])
+    shutil.rmtree(cache)
+    cache.mkdir()
 
 
 def bin_dir_files(node):
@@ -98,11 +109,12 @@ def requests_since(mirror, seen):
 # --- bad downloads -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["controller", "node"])
 @pytest.mark.parametrize("kind", ["corrupt", "truncate"])
-def test_tampered_or_truncated_file_fails_naming_it_and_both_checksums(node, mirror, installed, kind):
+def test_tampered_or_truncated_file_fails_naming_it_and_both_checksums(node, mirror, installed, kind, mode):
     path = f"/release/{OLD}/{ARCH}/runsc"
     mirror.set_faults({path: {"kind": kind}})
-    play = node.play(containerd_gvisor_version=OLD)
+    play = node.play(containerd_gvisor_version=OLD, containerd_gvisor_download_mode=mode)
 
     assert not play.ok
     data = (mirror.root / path.lstrip("/")).read_bytes()
@@ -259,6 +271,7 @@ def test_containerd_refusing_the_new_config_gets_the_previous_one_back(node, ins
 
 
 def test_transient_failures_are_retried_with_backoff_then_succeed(node, mirror, installed):
+    empty_download_cache(node)  # so that every release file is fetched, and meets its fault
     base = f"/release/{OLD}/{ARCH}"
     faults = {
         f"{base}/gvisor.tar.bz2.sha512": {"kind": "500", "count": 2},
