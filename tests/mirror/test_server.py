@@ -90,6 +90,15 @@ def log_lines(srv):
         return [json.loads(line) for line in log]
 
 
+def logged_after(srv, before, count=1):
+    """The log lines after the first `before`, once `count` of them are there: the server
+    writes a request's line just after its response, so a client may read the log first."""
+    deadline = time.monotonic() + 5
+    while len(log_lines(srv)) < before + count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return log_lines(srv)[before:]
+
+
 URL = f"/release/20240729.0/{ARCH}/gvisor.tar.bz2"
 
 
@@ -106,10 +115,11 @@ def test_follows_symlink_inside_root(server):
 
 
 def test_head_has_length_and_no_body(server):
+    before = len(log_lines(server))
     status, headers, body, _ = request_(server, "HEAD", URL)
     assert (status, body) == (200, b"")
     assert headers["Content-Length"] == str(len(PAYLOAD))
-    line = log_lines(server)[-1]
+    line = logged_after(server, before)[-1]
     assert (line["method"], line["status"], line["bytes"]) == ("HEAD", 200, 0)
 
 
@@ -174,11 +184,12 @@ def test_fault_stall(server):
 
 def test_fault_truncate(server):
     set_faults(server, {URL: {"kind": "truncate"}})
+    before = len(log_lines(server))
     status, headers, body, complete = request_(server, "GET", URL)
     assert status == 200 and not complete
     assert int(headers["Content-Length"]) == len(PAYLOAD)
     assert len(body) < len(PAYLOAD)
-    line = log_lines(server)[-1]
+    line = logged_after(server, before)[-1]
     assert (line["path"], line["fault"], line["bytes"]) == (URL, "truncate", len(PAYLOAD) // 2)
 
 
@@ -204,9 +215,10 @@ def test_fault_count_applies_to_any_kind(server):
 
 
 def test_log_lines(server):
+    before = len(log_lines(server))
     request_(server, "GET", URL)
     request_(server, "GET", "/release/missing")
-    *_, ok, missing = log_lines(server)
+    ok, missing = logged_after(server, before, count=2)
     assert set(ok) >= {"time", "method", "path", "status", "bytes"}
     assert (ok["method"], ok["path"], ok["status"], ok["bytes"]) == ("GET", URL, 200, len(PAYLOAD))
     assert (missing["status"], missing["path"]) == (404, "/release/missing")
