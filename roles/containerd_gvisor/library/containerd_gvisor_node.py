@@ -21,6 +21,12 @@ options:
     description: Also read C(containerd config default).
     type: bool
     default: true
+  runsc_config_path:
+    description: runsc's configuration for containerd's shim, read like O(config_path).
+    type: path
+  runsc:
+    description: Path of an installed runsc to ask for its version.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -59,6 +65,18 @@ containerd_active:
   description: C(systemctl is-active containerd.service) as rc (0 when running).
   returned: always
   type: dict
+runsc_config_stat:
+  description: Like RV(config_stat), for O(runsc_config_path).
+  returned: when O(runsc_config_path) is given
+  type: dict
+runsc_config_content:
+  description: Like RV(config_content), for O(runsc_config_path).
+  returned: when O(runsc_config_path) is given
+  type: str
+runsc_version:
+  description: C(runsc --version) as rc, stdout and stderr; empty when O(runsc) does not exist.
+  returned: when O(runsc) is given
+  type: dict
 """
 
 import base64
@@ -95,10 +113,21 @@ def config_stat(path):
             "mode": "%04o" % stat.S_IMODE(st.st_mode)}
 
 
+def read_file(path):
+    """(stat, base64 content) of a file; content is empty when it does not exist."""
+    st = config_stat(path)
+    if not st["exists"]:
+        return st, ""
+    with open(path, "rb") as handle:
+        return st, base64.b64encode(handle.read()).decode("ascii")
+
+
 def main():
     module = AnsibleModule(
         argument_spec={"config_path": {"type": "path", "required": True},
-                       "config_default": {"type": "bool", "default": True}},
+                       "config_default": {"type": "bool", "default": True},
+                       "runsc_config_path": {"type": "path"},
+                       "runsc": {"type": "path"}},
         supports_check_mode=True,
     )
     path = module.params["config_path"]
@@ -108,12 +137,9 @@ def main():
         result["containerd"] = {"rc": 127, "stdout": "", "stderr": "", "msg": "containerd: command not found"}
     else:
         result["containerd"] = run(module, [containerd, "--version"])
-    result["config_stat"] = config_stat(path)
-    result["config_content"] = ""
+    result["config_stat"], result["config_content"] = read_file(path)
     result["config_dump"] = {}
     if result["config_stat"]["exists"]:
-        with open(path, "rb") as handle:
-            result["config_content"] = base64.b64encode(handle.read()).decode("ascii")
         if containerd:
             result["config_dump"] = run(module, [containerd, "--config", path, "config", "dump"])
     result["config_default"] = {}
@@ -122,6 +148,11 @@ def main():
     systemctl = module.get_bin_path("systemctl")
     result["containerd_active"] = (run(module, [systemctl, "is-active", "--quiet", "containerd.service"])
                                    if systemctl else {"rc": 4, "stdout": "", "stderr": "no systemctl"})
+    if module.params["runsc_config_path"]:
+        result["runsc_config_stat"], result["runsc_config_content"] = read_file(module.params["runsc_config_path"])
+    if module.params["runsc"]:
+        runsc = module.params["runsc"]
+        result["runsc_version"] = run(module, [runsc, "--version"]) if os.path.isfile(runsc) else {}
     module.exit_json(**result)
 
 
