@@ -9,12 +9,12 @@ up the machine and runs this file.
 import json
 import os
 import subprocess
-import time
 import tomllib
 
 import pytest
 import testinfra
 
+from gvisor_node import start_node
 from gvisor_testinfra import (
     REPO,
     RUNTIME_TYPE,
@@ -36,11 +36,6 @@ BIN_DIR = "/usr/local/bin"
 CONFIG = "/etc/containerd/config.toml"
 RUNSC_TOML = "/etc/containerd/runsc.toml"
 HANDLER = "gvisor"
-NODE_CAPABILITIES = [
-    line.strip()
-    for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
 
 # Case name -> values that differ from packer/vars/gvisor.json. Packer variables are strings.
 CASES = {
@@ -62,16 +57,6 @@ def packer(*args, timeout=120):
     )
     assert proc.returncode == 0, "packer %s failed:\n%s%s" % (" ".join(args), proc.stdout[-6000:], proc.stderr)
     return proc.stdout
-
-
-def wait_for_boot(host, seconds=60):
-    """systemd's final state; until its bus is up, systemctl cannot even wait for it."""
-    deadline = time.monotonic() + seconds
-    while True:
-        state = host.run("systemctl is-system-running --wait").stdout.strip()
-        if state in ("running", "degraded") or time.monotonic() > deadline:
-            return state
-        time.sleep(0.5)
 
 
 def remove(container, image):
@@ -115,17 +100,10 @@ def node(request, tmp_path_factory):
         str(TEMPLATE), timeout=900,
     )  # fmt: skip
 
-    # The image's own command (systemd) boots it, with the node container settings of tests/harness.
-    caps = [f"--cap-add={cap}" for cap in NODE_CAPABILITIES]
-    started = run(
-        ["docker", "run", "--detach", f"--name={container}", "--network=host", "--cgroupns=host", *caps,
-         "--security-opt=seccomp=unconfined", "--security-opt=apparmor=unconfined",
-         "--tmpfs=/run", "--tmpfs=/run/lock", "--volume=/sys/fs/cgroup:/sys/fs/cgroup:rw", image]
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
+    # Booted like every node container of the tests (tests/gvisor_node.py): systemd as PID 1,
+    # waited for until it finished booting.
+    start_node(container, image)
     host = testinfra.get_host(f"docker://{container}")
-    state = wait_for_boot(host)
-    assert state in ("running", "degraded"), f"{container} did not boot: {state!r}"
     return Node(case, variables, host)
 
 
