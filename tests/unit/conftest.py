@@ -16,12 +16,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "containerd_gvisor"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MODULE = ROLE / "library" / "containerd_gvisor_install.py"
+PLUGINS = REPO / "plugins"
+MODULE = PLUGINS / "modules" / "release.py"
 
-# The role's filter plugin and module are plain files, not an installed package;
-# importing them must not leave __pycache__ folders inside the role.
+# The collection's filter plugin and modules are imported as plain files here;
+# importing them must not leave __pycache__ folders inside the collection.
 sys.dont_write_bytecode = True
-for folder in (ROLE / "filter_plugins", ROLE / "library"):
+for folder in (PLUGINS / "filter", PLUGINS / "modules"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 

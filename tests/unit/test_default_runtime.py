@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 
-import containerd_gvisor as filters
+import containerd_config as filters
 from conftest import FIXTURES
 
 DEFAULTS_16 = (FIXTURES / "containerd-1.6-config-default.toml").read_text()

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import REPO, ROLE, run_module
+from conftest import PLUGINS, REPO, run_module
 
 sys.path.insert(0, str(REPO / "tests"))
 from gvisor_mirror import MirrorServer, served_bytes  # noqa: E402
 
-FETCH = ROLE / "library" / "containerd_gvisor_fetch.py"
+FETCH = PLUGINS / "modules" / "fetch.py"
 PAYLOAD = bytes(range(256)) * 512  # 128 KiB
 DIGEST = hashlib.sha512(PAYLOAD).hexdigest()
 RELEASE = "/release/20240729.0/x86_64"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from ansible.errors import AnsibleFilterError
 
-import containerd_gvisor as filters
-from conftest import ROLE
+import containerd_config as filters
+from conftest import REPO
 
 PATH = "/etc/containerd/config.toml"
 URL = "https://example.invalid/release/20240729.0/x86_64/runsc.sha512"
@@ -646,11 +646,11 @@ def test_filters_work_inside_ansible(tmp_path):
     if not ansible.exists():
         pytest.skip("ansible is not installed beside this Python")
     expression = (
-        "{{ ['yes' | containerd_gvisor_bool('v'), "
-        "2 | containerd_gvisor_handler_table('gvisor'), "
-        "none | containerd_gvisor_merge_config('/etc/c.toml', 'gvisor') | containerd_gvisor_config_version('x')] }}"
+        "{{ ['yes' | gvisor_nodes.containerd_gvisor.bool('v'), "
+        "2 | gvisor_nodes.containerd_gvisor.handler_table('gvisor'), "
+        "none | gvisor_nodes.containerd_gvisor.merge_config('/etc/c.toml', 'gvisor') | gvisor_nodes.containerd_gvisor.config_version('x')] }}"
     )
-    env = dict(os.environ, ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"), ANSIBLE_LOCAL_TEMP=str(tmp_path),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / "playbooks" / "collections"), ANSIBLE_LOCAL_TEMP=str(tmp_path),
                ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1")
     proc = subprocess.run(
         [str(ansible), "localhost", "-c", "local", "-m", "debug", "-a", f"msg={expression}"],
@@ -662,7 +662,7 @@ def test_filters_work_inside_ansible(tmp_path):
 
     proc = subprocess.run(
         [str(ansible), "localhost", "-c", "local", "-m", "debug", "-a",
-         "msg={{ 'ture' | containerd_gvisor_bool('v') }}"],
+         "msg={{ 'ture' | gvisor_nodes.containerd_gvisor.bool('v') }}"],
         capture_output=True, text=True, env=env, check=False, timeout=120,
     )
     assert proc.returncode != 0

@@ -51,8 +51,9 @@ def test_playbook_roles_and_config_are_found():
     assert resolve(provisioner["playbook_file"]) == REPO / "playbooks" / "node.yml"
     env = dict(e.split("=", 1) for e in provisioner["ansible_env_vars"])
     assert resolve(env["ANSIBLE_CONFIG"]) == REPO / "ansible.cfg"
-    roles = resolve(env["ANSIBLE_ROLES_PATH"])
-    assert (roles / "containerd").is_dir() and (roles / "containerd_gvisor").is_dir()
+    # The playbook finds the collection through the link beside it.
+    collection = resolve("{{template_dir}}/../playbooks/collections/ansible_collections/gvisor_nodes/containerd_gvisor")
+    assert collection == REPO
     # Packer's SSH proxy offers only ssh-rsa host and user keys.
     assert "HostKeyAlgorithms=+ssh-rsa" in env["ANSIBLE_SSH_ARGS"]
     assert "PubkeyAcceptedKeyTypes=+ssh-rsa" in env["ANSIBLE_SSH_ARGS"]

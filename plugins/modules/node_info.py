@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: containerd_gvisor_node
+module: node_info
 short_description: Read a node's architecture, containerd and containerd configuration in one call
 description:
   - Reads only; changes nothing. One call replaces seven separate probes (fact gathering,
@@ -31,7 +31,7 @@ options:
 
 EXAMPLES = r"""
 - name: Read what the node has
-  containerd_gvisor_node:
+  gvisor_nodes.containerd_gvisor.node_info:
     config_path: /etc/containerd/config.toml
   register: node
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: containerd_gvisor_install
+module: release
 short_description: Install a verified gVisor release into a bin directory atomically
 description:
   - Installs C(runsc), C(containerd-shim-runsc-v1) and, for releases that ship them,
@@ -75,7 +75,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Install gVisor from the downloaded archive
-  containerd_gvisor_install:
+  gvisor_nodes.containerd_gvisor.release:
     bin_dir: /usr/local/bin
     state_file: /var/lib/containerd-gvisor/release.json
     staging_dir: /var/cache/containerd-gvisor/20240729.0
@@ -88,7 +88,7 @@ EXAMPLES = r"""
         gvisor.tar.bz2: "{{ gvisor_archive_sha512 }}"
 
 - name: Find out whether the release still has to be downloaded
-  containerd_gvisor_install:
+  gvisor_nodes.containerd_gvisor.release:
     bin_dir: /usr/local/bin
     state_file: /var/lib/containerd-gvisor/release.json
     release: "{{ gvisor_release }}"
@@ -96,7 +96,7 @@ EXAMPLES = r"""
   register: gvisor_install_check
 
 - name: Remove gVisor
-  containerd_gvisor_install:
+  gvisor_nodes.containerd_gvisor.release:
     bin_dir: /usr/local/bin
     state_file: /var/lib/containerd-gvisor/release.json
     state: absent

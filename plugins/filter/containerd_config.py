@@ -866,15 +866,15 @@ class FilterModule:
 
     def filters(self):
         return {
-            "containerd_gvisor_bool": containerd_gvisor_bool,
-            "containerd_gvisor_parse_sha512": containerd_gvisor_parse_sha512,
-            "containerd_gvisor_merge_config": containerd_gvisor_merge_config,
-            "containerd_gvisor_remove_handler": containerd_gvisor_remove_handler,
-            "containerd_gvisor_config_version": containerd_gvisor_config_version,
-            "containerd_gvisor_handler_table": containerd_gvisor_handler_table,
-            "containerd_gvisor_uses_systemd_cgroup": containerd_gvisor_uses_systemd_cgroup,
-            "containerd_gvisor_runsc_toml": containerd_gvisor_runsc_toml,
-            "containerd_gvisor_release_checksums": containerd_gvisor_release_checksums,
-            "containerd_gvisor_handler_runtime_type": containerd_gvisor_handler_runtime_type,
-            "containerd_gvisor_failure_message": containerd_gvisor_failure_message,
+            "bool": containerd_gvisor_bool,
+            "parse_sha512": containerd_gvisor_parse_sha512,
+            "merge_config": containerd_gvisor_merge_config,
+            "remove_handler": containerd_gvisor_remove_handler,
+            "config_version": containerd_gvisor_config_version,
+            "handler_table": containerd_gvisor_handler_table,
+            "uses_systemd_cgroup": containerd_gvisor_uses_systemd_cgroup,
+            "runsc_toml": containerd_gvisor_runsc_toml,
+            "release_checksums": containerd_gvisor_release_checksums,
+            "handler_runtime_type": containerd_gvisor_handler_runtime_type,
+            "failure_message": containerd_gvisor_failure_message,
         }

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: containerd_gvisor_fetch
+module: fetch
 short_description: Fetch one file from a gVisor release mirror, with retries and a sha512 check
 description:
   - Sends GET requests for O(url) until one succeeds or O(tries) requests were made, waiting
     O(delay) seconds before the second try and twice as long before each further one (at most 60 s).
-  - Retried are answers that may be transient, each with its reason kept in RV(errors): no answer
+  - Retried are answers that may be transient, each with its reason kept in RV(errors); no answer
     within O(timeout) seconds, a refused or reset connection, HTTP 408, 429 and 5xx, and a body that
     ends before its Content-Length.
-  - Not retried, and reported at once: HTTP 404 and 410 (RV(found) is false with O(missing_ok)),
+  - Not retried, and reported at once, are HTTP 404 and 410 (RV(found) is false with O(missing_ok)),
     any other HTTP error, and a complete body whose sha512 is not O(sha512).
   - With O(dest) the body is written to O(dest) only once it matches O(sha512); without it the
     body (at most 1 MiB, e.g. a C(.sha512) file) is returned in RV(content).
@@ -58,13 +58,13 @@ notes:
 
 EXAMPLES = r"""
 - name: Look for the release archive's checksum
-  containerd_gvisor_fetch:
+  gvisor_nodes.containerd_gvisor.fetch:
     url: https://storage.googleapis.com/gvisor/releases/release/latest/x86_64/gvisor.tar.bz2.sha512
     missing_ok: true
   register: archive_sum
 
 - name: Download the release archive
-  containerd_gvisor_fetch:
+  gvisor_nodes.containerd_gvisor.fetch:
     url: https://storage.googleapis.com/gvisor/releases/release/latest/x86_64/gvisor.tar.bz2
     dest: /tmp/staging/gvisor.tar.bz2
     sha512: "{{ archive_sha512 }}"
