@@ -1,9 +1,14 @@
-"""Filters of the containerd_gvisor role.
+# Copyright: containerd-gvisor maintainers
+# Apache License 2.0 (see LICENSE)
+"""The one place that reads and edits containerd's config.toml.
 
-They check the role's inputs strictly (booleans, sha512sum files) and edit
-containerd's config.toml without losing anything: the text is changed line by
-line, and every edit is verified by parsing the result with tomllib, so a
-config that cannot be edited safely is refused instead of being damaged.
+The file is edited as a tomlkit document, which keeps comments, blank lines, key order and
+spelling; every edit is then checked by parsing the result with tomllib, which must give exactly
+the old data plus (or minus) the runtime handlers' own keys, so a file that cannot be edited
+safely is refused instead of being damaged. tomlkit's public API appends a new table inside the
+last table of its name and cannot place blank lines, so a few of its internals are used
+(Container._insert_at, _remove_at, _map, _raw_append): the version is pinned in requirements.txt,
+and the tomllib check catches any change in them.
 """
 
 from __future__ import annotations
@@ -11,13 +16,21 @@ from __future__ import annotations
 import collections
 import collections.abc
 import copy
-import posixpath
 import re
 import tomllib
 from typing import NamedTuple
 
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.parsing.convert_bool import boolean
+
+try:
+    import tomlkit
+    from tomlkit.container import Container
+    from tomlkit.items import AoT, Comment, Key, Null, SingleKey, Table, Trivia, Whitespace
+except ImportError as err:  # reported when a filter is used, with the fix
+    TOMLKIT_ERROR = err
+    Container = Key = object
+else:
+    TOMLKIT_ERROR = None
 
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
@@ -32,12 +45,8 @@ RUNTIMES_TABLE = {
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
 DEFAULT_INDENT = "  "
 DEFAULT_RUNTIME_COMMENT = "# From `containerd config default`: containerd 1.x drops its built-in runc once a file defines a runtime."
-RUNSC_TOML_HEADER = "# Managed by Ansible (containerd_gvisor role): runsc flags for the containerd shim."
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_RUNSC_FLAG = re.compile(r"[a-z0-9][a-z0-9_-]*")
-_SHA512_HEX = re.compile(r"[0-9a-fA-F]{128}")
-_WS = " \t"
 _SHOWN_CHARS = 80
 
 
@@ -94,270 +103,58 @@ def toml_key(key):
     return key if _BARE_KEY.fullmatch(key) else toml_string(key)
 
 
-# --- 1. strict booleans --------------------------------------------------------
+# --- TOML documents (tomlkit) -----------------------------------------------------
 
 
-def containerd_gvisor_bool(value, name):
-    """Return value as a bool, accepting exactly what argument_spec's type: bool accepts."""
-    try:
-        # strict=True refuses anything outside Ansible's documented boolean spellings.
-        return boolean(value, strict=True)
-    except TypeError:
-        raise AnsibleFilterError(
-            f"{name} must be a boolean (true or false; Packer's strings \"true\" and "
-            f"\"false\" also work), got {_show(value)}"
-        ) from None
-
-
-# --- 2. sha512sum files ---------------------------------------------------------
-
-
-def containerd_gvisor_parse_sha512(text, file_name, url):
-    """Return the lowercase sha512 digest that a sha512sum file states for file_name."""
-    text = _as_text(text) or ""
-    line = next((candidate.strip() for candidate in text.splitlines() if candidate.strip()), "")
-    fields = line.split(None, 1)
-    digest = fields[0] if fields else ""
-    if not _SHA512_HEX.fullmatch(digest):
-        raise AnsibleFilterError(f"{url} is not a sha512sum line for {file_name}: got {_show(text)}")
-    if len(fields) == 2:
-        # sha512sum marks binary mode with '*' and keeps any directory it was given.
-        named = posixpath.basename(fields[1].strip().lstrip("*"))
-        if named != file_name:
-            raise AnsibleFilterError(
-                f"{url} is a sha512sum line for {named}, not for {file_name}: got {_show(text)}"
-            )
-    return digest.lower()
-
-
-def containerd_gvisor_release_checksums(names, pinned, published, url):
-    """Return {file name: sha512} for names: a pinned checksum wins, else the published .sha512 text."""
-    pinned = pinned or {}
-    published = published or {}
-    checksums = {}
-    for name in names:
-        if name in pinned:
-            digest = pinned[name]
-            if not isinstance(digest, str) or not _SHA512_HEX.fullmatch(digest.strip()):
-                raise AnsibleFilterError(
-                    f"containerd_gvisor_checksums.{name} must be a sha512 checksum (128 hex digits), "
-                    f"got {_show(digest)}"
-                )
-            checksums[name] = digest.strip().lower()
-        else:
-            checksums[name] = containerd_gvisor_parse_sha512(published.get(name), name, f"{url}/{name}.sha512")
-    return checksums
-
-
-# --- TOML keys and lines ----------------------------------------------------------
-
-
-def _skip_ws(text, pos):
-    """Return the first position at or after pos that is not a space or tab."""
-    while pos < len(text) and text[pos] in _WS:
-        pos += 1
-    return pos
-
-
-def _string_end(text, pos):
-    """Return the position just past the one-line string opening at text[pos], or None."""
-    quote = text[pos]
-    pos += 1
-    while pos < len(text):
-        if quote == '"' and text[pos] == "\\":
-            pos += 2
-            continue
-        if text[pos] == quote:
-            return pos + 1
-        pos += 1
-    return None
-
-
-def _decode_quoted_key(raw):
-    """Return the value of a quoted key part, or None when it is not valid TOML."""
-    if raw.startswith("'"):
-        return raw[1:-1]
-    try:
-        # tomllib knows every escape sequence, so let it decode the basic string.
-        return tomllib.loads(f"k = {raw}")["k"]
-    except tomllib.TOMLDecodeError:
-        return None
-
-
-def parse_key(text, pos=0):
-    """Parse a dotted key at text[pos:]; return (parts, end) or None when there is none."""
-    parts = []
-    while True:
-        pos = _skip_ws(text, pos)
-        bare = _BARE_KEY.match(text, pos)
-        if bare:
-            part, pos = bare.group(), bare.end()
-        elif pos < len(text) and text[pos] in "\"'":
-            if text.startswith(text[pos] * 3, pos):
-                return None  # a multi-line string is never a key
-            end = _string_end(text, pos)
-            part = None if end is None else _decode_quoted_key(text[pos:end])
-            if part is None:
-                return None
-            pos = end
-        else:
-            return None
-        parts.append(part)
-        pos = _skip_ws(text, pos)
-        if pos < len(text) and text[pos] == ".":
-            pos += 1
-            continue
-        return tuple(parts), pos
+def _header_keys(dotted):
+    """Return the tomlkit keys of a dotted table name, each spelled as written."""
+    keys, container = [], tomlkit.parse(f"[{dotted}]\n")
+    while container.body:
+        key, table = container.body[0]
+        keys.append(key)
+        container = table.value
+    return keys
 
 
 def _table_path(dotted):
     """Turn a dotted table name such as RUNTIMES_TABLE[2] into its key parts."""
-    return parse_key(dotted)[0]
+    return tuple(key.key for key in _header_keys(dotted))
 
 
-class Line(NamedTuple):
-    """What one physical line of a TOML document is."""
+class _Entry(NamedTuple):
+    """One item of a tomlkit document, where it sits and the full key path it stands for."""
 
-    kind: str  # table, array, key, blank, comment, inside (of a multi-line value) or other
-    parts: tuple  # the table's or key's dotted path, () for other kinds
-    indent: str
-    comment: int | None  # where a trailing comment starts
-    value_start: int | None  # where a key line's value starts
-
-
-def split_lines(text):
-    """Split text into lines that keep their own line endings."""
-    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+    container: Container
+    index: int
+    path: tuple
+    key: Key | None
+    item: object
 
 
-def _body(line):
-    """Return a line without its line ending."""
-    if line.endswith("\r\n"):
-        return line[:-2]
-    return line[:-1] if line.endswith("\n") else line
-
-
-def _multiline_end(text, pos, delimiter):
-    """Return the position just past the multi-line string's closing delimiter, or None."""
-    while pos < len(text):
-        if delimiter == '"""' and text[pos] == "\\":
-            pos += 2
+def _entries(container, prefix=()):
+    """Yield every item of a document in the order tomlkit writes them out."""
+    for index, (key, item) in enumerate(container.body):
+        if isinstance(item, Null):
             continue
-        if text.startswith(delimiter, pos):
-            end = pos + 3
-            # Up to two more quotes still belong to the string (e.g. """a"""").
-            while end < len(text) and end - pos < 5 and text[end] == delimiter[0]:
-                end += 1
-            return end
-        pos += 1
-    return None
+        path = prefix + tuple(part.key for part in key) if key is not None else prefix
+        yield _Entry(container, index, path, key, item)
+        if isinstance(item, Table):
+            yield from _entries(item.value, path)
 
 
-def _scan(text, open_string, depth):
-    """Scan one line; return (comment position, still-open multi-line string, bracket depth)."""
-    pos = 0
-    while pos < len(text):
-        if open_string:
-            end = _multiline_end(text, pos, open_string)
-            if end is None:
-                return None, open_string, depth
-            open_string, pos = None, end
-            continue
-        char = text[pos]
-        if char == "#":
-            return pos, None, depth
-        if text.startswith('"""', pos) or text.startswith("'''", pos):
-            open_string, pos = text[pos:pos + 3], pos + 3
-            continue
-        if char in "\"'":
-            pos = _string_end(text, pos) or len(text)
-            continue
-        if char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-        pos += 1
-    return None, open_string, depth
+def _has_header(entry):
+    """Whether an entry is a table written as a [header] of its own."""
+    return isinstance(entry.item, Table) and not entry.item.is_super_table() and not entry.key.is_dotted()
 
 
-def _parse_header(body):
-    """Return ("table" or "array", parts) when body is a table header line, else None."""
-    is_array = body.startswith("[[")
-    key = parse_key(body, 2 if is_array else 1)
-    if key is None:
-        return None
-    parts, pos = key
-    close = "]]" if is_array else "]"
-    if not body.startswith(close, pos):
-        return None
-    rest = body[pos + len(close):].lstrip(_WS)
-    if rest and not rest.startswith("#"):
-        return None
-    return ("array" if is_array else "table"), parts
+def _is_pair(entry):
+    """Whether an entry is a key = value line."""
+    return entry.key is not None and not isinstance(entry.item, (Table, AoT))
 
 
-def _classify(text, top_level, comment):
-    """Describe one line, given whether it starts outside any multi-line value."""
-    body = text.lstrip(_WS)
-    indent = text[:len(text) - len(body)]
-    if not top_level:
-        return Line("inside", (), indent, comment, None)
-    if not body:
-        return Line("blank", (), indent, None, None)
-    if body.startswith("#"):
-        return Line("comment", (), indent, comment, None)
-    header = _parse_header(body) if body.startswith("[") else None
-    if header:
-        return Line(header[0], header[1], indent, comment, None)
-    key = parse_key(body)
-    if key and body.startswith("=", key[1]):
-        return Line("key", key[0], indent, comment, len(indent) + _skip_ws(body, key[1] + 1))
-    return Line("other", (), indent, comment, None)
-
-
-def analyse(lines):
-    """Describe every line, tracking multi-line strings and arrays across lines."""
-    result = []
-    open_string, depth = None, 0
-    for line in lines:
-        text = _body(line)
-        top_level = open_string is None and depth == 0
-        comment, open_string, depth = _scan(text, open_string, depth)
-        result.append(_classify(text, top_level, comment))
-    return result
-
-
-def _is_content(line):
-    """Whether a line holds TOML rather than being blank or a comment."""
-    return line.kind not in ("blank", "comment")
-
-
-def _find_table(info, parts):
-    """Return the index of the [table] header for parts, or None."""
-    return next((i for i, line in enumerate(info) if line.kind == "table" and line.parts == parts), None)
-
-
-def _block_end(info, header):
-    """Return the index of the header after the block that starts at header."""
-    return next((i for i in range(header + 1, len(info)) if info[i].kind in ("table", "array")), len(info))
-
-
-def _last_content(info, header):
-    """Return the last line of a table's block that holds TOML (the header if none does)."""
-    end = _block_end(info, header)
-    return next((i for i in range(end - 1, header, -1) if _is_content(info[i])), header)
-
-
-def _key_indent_step(info):
-    """Return how far this file indents keys beyond their table header (two spaces by default)."""
-    steps = collections.Counter()
-    header_indent = None
-    for line in info:
-        if line.kind in ("table", "array"):
-            header_indent = line.indent
-        elif line.kind == "key" and header_indent is not None and line.indent.startswith(header_indent):
-            steps[line.indent[len(header_indent):]] += 1
-    return steps.most_common(1)[0][0] if steps else DEFAULT_INDENT
+def _last_line(indent):
+    """Return the part of an indent after any line breaks it holds."""
+    return indent.rsplit("\n", 1)[-1]
 
 
 class Style(NamedTuple):
@@ -367,26 +164,32 @@ class Style(NamedTuple):
     indent_step: str
 
 
-def _style(text, lines):
-    """Detect the file's line ending and key indentation."""
+def _newline(text):
+    """Return the file's line ending (that of its first line)."""
     first_ending = re.search(r"\r?\n", text)
-    newline = first_ending.group() if first_ending else "\n"
-    return Style(newline, _key_indent_step(analyse(lines)))
+    return first_ending.group() if first_ending else "\n"
 
 
-def _insert(lines, at, new_lines, style):
-    """Insert new_lines (without endings) before index at, ending the line above if needed."""
-    if at > 0 and not lines[at - 1].endswith("\n"):
-        lines[at - 1] += style.newline
-    lines[at:at] = [line + style.newline for line in new_lines]
+def _style(text, doc):
+    """Detect the file's line ending and how far it indents keys beyond their table header."""
+    steps, header = collections.Counter(), None
+    for entry in _entries(doc):
+        if _has_header(entry):
+            header = _last_line(entry.item.trivia.indent)
+        elif _is_pair(entry) and header is not None and entry.item.trivia.indent.startswith(header):
+            steps[entry.item.trivia.indent[len(header):]] += 1
+    return Style(_newline(text), steps.most_common(1)[0][0] if steps else DEFAULT_INDENT)
 
 
-def _keep_final_newline(original, result):
-    """Leave the file without a final newline when it had none."""
-    if not original.endswith("\n"):
-        return result.rstrip("\r\n")
-    return result
+def _parse_document(text, newline):
+    """Parse text with tomlkit, giving it a final newline so that new lines can follow."""
+    return tomlkit.parse(text if text.endswith("\n") else text + newline)
 
+
+def _dump(original, doc):
+    """Write the document out, without a final newline when the original had none."""
+    result = tomlkit.dumps(doc)
+    return result if original.endswith("\n") else result.rstrip("\r\n")
 
 # --- containerd config: versions and tables --------------------------------------
 
@@ -438,13 +241,6 @@ def _lookup(data, parts):
     return node
 
 
-def containerd_gvisor_config_version(text, path):
-    """Return the config's version (1 when absent), or None when there is no config."""
-    if _is_empty(text):
-        return None
-    return _config_version(_parse_config(_as_text(text), path), path)
-
-
 def containerd_gvisor_uses_systemd_cgroup(text, path):
     """Whether a runc runtime of the config runs with SystemdCgroup = true."""
     if _is_empty(text):
@@ -461,16 +257,6 @@ def containerd_gvisor_uses_systemd_cgroup(text, path):
         if is_runc and isinstance(options, dict) and options.get("SystemdCgroup") is True:
             return True
     return False
-
-
-def containerd_gvisor_handler_runtime_type(text, path, handler):
-    """Return the runtime_type of a runtime handler in a config ('' when it has none)."""
-    if _is_empty(text):
-        return ""
-    data = _parse_config(_as_text(text), path)
-    runtime = _lookup(data, _table_path(containerd_gvisor_handler_table(_config_version(data, path), handler)))
-    value = runtime.get("runtime_type") if isinstance(runtime, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 # --- 3. merging the runtime handler ------------------------------------------------
@@ -512,83 +298,6 @@ def _set_in(data, parts, values):
             node[key] = value
     return result
 
-
-def _replacement(lines, info, first, last, value):
-    """Return the key line first..last (a multi-line value spans several) with a new value."""
-    head = _body(lines[first])[:info[first].value_start]
-    tail_text = _body(lines[last])
-    comment = info[last].comment
-    # Keep a trailing comment and the spaces before it.
-    trail = "" if comment is None else tail_text[len(tail_text[:comment].rstrip(_WS)):]
-    ending = lines[last][len(tail_text):]
-    return head + toml_string(value) + trail + ending
-
-
-def _set_keys(lines, header, values, style):
-    """Set values in the existing table whose header is at index header."""
-    missing = []
-    for key, value in values.items():
-        info = analyse(lines)
-        end = _block_end(info, header)
-        first = next((i for i in range(header + 1, end) if info[i].kind == "key" and info[i].parts == (key,)), None)
-        if first is None:
-            missing.append(key)
-            continue
-        last = first
-        while last + 1 < end and info[last + 1].kind == "inside":
-            last += 1
-        lines[first:last + 1] = [] if value is None else [_replacement(lines, info, first, last, value)]
-    missing = [key for key in missing if values[key] is not None]
-    if missing:
-        info = analyse(lines)
-        end = _block_end(info, header)
-        indent = next(
-            (info[i].indent for i in range(header + 1, end) if info[i].kind == "key"),
-            info[header].indent + style.indent_step,
-        )
-        new_lines = [f"{indent}{toml_key(key)} = {toml_string(values[key])}" for key in missing]
-        _insert(lines, _last_content(info, header) + 1, new_lines, style)
-
-
-def _table_lines(header_indent, dotted, values, style):
-    """Return the lines of a new table: its header and its keys."""
-    keys = [f"{header_indent}{style.indent_step}{toml_key(k)} = {toml_string(v)}" for k, v in values.items()]
-    return [f"{header_indent}[{dotted}]"] + keys
-
-
-def _add_table(lines, dotted, parts, values, style, after_parent):
-    """Add a new table right after its parent table's block if asked to, else at the end of the file."""
-    info = analyse(lines)
-    parent = _find_table(info, parts[:-1]) if after_parent else None
-    if parent is None:
-        blank = [""] if lines and _body(lines[-1]).strip() else []
-        _insert(lines, len(lines), blank + _table_lines("", dotted, values, style), style)
-        return
-    at = _last_content(info, parent) + 1
-    new_lines = [""] + _table_lines(info[parent].indent, dotted, values, style)
-    if at < len(lines) and info[at].kind != "blank":
-        new_lines.append("")  # keep a blank line before whatever follows
-    _insert(lines, at, new_lines, style)
-
-
-def _apply(lines, data, dotted, parts, values, style, after_parent):
-    """Make the table at parts hold values, changing only keys whose value differs."""
-    current = _lookup(data, parts)
-    current = current if isinstance(current, dict) else {}
-    changes = {key: value for key, value in values.items()
-               if (key in current if value is None else current.get(key) != value)}
-    if not changes:
-        return
-    header = _find_table(analyse(lines), parts)
-    if header is None:
-        additions = {key: value for key, value in changes.items() if value is not None}
-        # A key to drop that is not under a [header] is left for the verification to refuse.
-        if additions:
-            _add_table(lines, dotted, parts, additions, style, after_parent)
-    else:
-        _set_keys(lines, header, changes, style)
-
-
 def _verify(result, expected, difference):
     """Require the edited text to parse to exactly the expected data, else refuse with difference."""
     try:
@@ -597,32 +306,6 @@ def _verify(result, expected, difference):
         raise _Refusal(f"the edited text would not be valid TOML ({err})") from None
     if parsed != expected:
         raise _Refusal(difference)
-
-
-def _toml_value(value):
-    """Render a parsed TOML value (as containerd's own default config holds them) as TOML text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise _Refusal(f"containerd's default configuration holds a value this role cannot copy ({_show(value)})")
-
-
-def _table_block(dotted, table, style):
-    """Return the lines of a table and its sub-tables, as [headers] with their keys."""
-    lines = [f"[{dotted}]"]
-    lines += [f"{style.indent_step}{toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for key, value in table.items():
-        if isinstance(value, dict):
-            lines += [""] + _table_block(f"{dotted}.{toml_key(key)}", value, style)
-    return lines
-
 
 def _missing_default_runtime(data, version, defaults_text):
     """Return (name, table) of containerd's default runtime when the config does not define it.
@@ -646,18 +329,6 @@ def _missing_default_runtime(data, version, defaults_text):
     table = (defaults_containerd.get("runtimes") or {}).get(name)
     return (name, table) if isinstance(table, dict) else None
 
-
-def _new_config(version, tables, blocks=()):
-    """Return a whole new config holding only the version, any extra blocks and the handler's tables."""
-    style = Style("\n", DEFAULT_INDENT)
-    lines = [f"version = {version}"]
-    for block in blocks:
-        lines += [""] + block
-    for dotted, values in tables:
-        lines += [""] + _table_lines("", dotted, values, style)
-    return "\n".join(lines) + "\n"
-
-
 def _handler_keys(runtime_type, runtime_path):
     """Return the managed keys of the handler table; a None value means the key must be absent."""
     keys = {"runtime_type": _check_name(runtime_type, "runtime_type")}
@@ -667,6 +338,121 @@ def _handler_keys(runtime_type, runtime_path):
         # An empty runtime_path drops one set before, e.g. for another bin dir.
         keys["runtime_path"] = runtime_path or None
     return keys
+
+def _pair(value, indent, style):
+    """Return a new value item written on a line of its own."""
+    item = tomlkit.item(value)
+    item.trivia.indent, item.trivia.trail = indent, style.newline
+    return item
+
+
+def _new_table(values, header_indent, style, blank_before=True):
+    """Return a new [table] holding values; dict values become sub-tables below it."""
+    table = tomlkit.table(is_super_table=False)
+    table.trivia.indent = (style.newline if blank_before else "") + header_indent
+    table.trivia.trail = style.newline
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            table.raw_append(key, _pair(value, header_indent + style.indent_step, style))
+    for key, value in values.items():
+        if isinstance(value, dict):
+            table.raw_append(key, _new_table(value, header_indent, style))
+    return table
+
+
+def _append_at_end(doc, keys, table):
+    """Add table as the last thing in the document, under a header naming its whole path."""
+    item = table
+    for key in reversed(keys[1:]):
+        parent = tomlkit.table(is_super_table=True)
+        parent.raw_append(key, item)
+        item = parent
+    doc._raw_append(keys[0], item)  # always at the end: append() would merge into an existing table
+
+
+def _ends_with_blank_line(text):
+    """Whether the last line of text is blank (or there is no text)."""
+    lines = text.splitlines()
+    return not lines or not lines[-1].strip()
+
+
+def _existing_table(doc, parts, dotted):
+    """Return the [table] at parts, None when there is none, or refuse when it is not a [table]."""
+    found = [entry for entry in _entries(doc) if entry.path == parts and entry.key is not None]
+    tables = [entry.item for entry in found if _has_header(entry)]
+    if any(not isinstance(entry.item, Table) or entry.key.is_dotted() for entry in found):
+        raise _Refusal(f"{dotted} is an inline table or uses dotted keys")
+    return tables[0] if len(tables) == 1 else None
+
+
+def _insert(container, at, key, item):
+    """Insert an item before position at of a container (at its end when at is past it)."""
+    if at >= len(container.body):
+        container.append(key, item)
+    elif key is not None:
+        container._insert_at(at, key, item)
+    else:  # tomlkit inserts only keyed items: shift the key index by hand for a blank line or comment
+        for name, index in container._map.items():
+            container._map[name] = (tuple(i + (i >= at) for i in index) if isinstance(index, tuple)
+                                    else index + (index >= at))
+        container.body.insert(at, (None, item))
+
+
+def _after_last_pair(table):
+    """Return the position just after the table's last key = value line (0 when it has none)."""
+    body = table.value.body
+    return next((i + 1 for i in range(len(body) - 1, -1, -1)
+                 if body[i][0] is not None and not isinstance(body[i][1], (Table, AoT))), 0)
+
+
+def _set_keys(table, changes, style):
+    """Set or drop values in an existing [table], keeping each line's indent and comment."""
+    missing = {}
+    for key, value in changes.items():
+        if value is None:
+            del table[key]
+        elif key in table:
+            table[key] = value
+        else:
+            missing[key] = value
+    pairs = [item for key, item in table.value.body if key is not None and not isinstance(item, (Table, AoT, Null))]
+    indent = pairs[0].trivia.indent if pairs else _last_line(table.trivia.indent) + style.indent_step
+    for key, value in missing.items():
+        _insert(table.value, _after_last_pair(table), key, _pair(value, indent, style))
+
+
+def _add_below(doc, parent, key, values, style):
+    """Add a new sub-table right after the parent table's own keys, set apart by blank lines."""
+    table = _new_table(values, _last_line(parent.trivia.indent), style)
+    _insert(parent.value, _after_last_pair(parent), key, table)
+    entries = list(_entries(doc))
+    at = next(i for i, entry in enumerate(entries) if entry.item is table)
+    following = next((entry for entry in entries[at + 1:] if entry.container is not table.value), None)
+    if following is not None and not isinstance(following.item, Whitespace):
+        _insert(following.container, following.index, None, tomlkit.ws(style.newline))
+
+
+def _apply(doc, data, keys, parts, values, style, new_table_at_end):
+    """Make the table at parts hold values, changing only keys whose value differs."""
+    current = _lookup(data, parts)
+    current = current if isinstance(current, dict) else {}
+    changes = {key: value for key, value in values.items()
+               if (key in current if value is None else current.get(key) != value)}
+    if not changes:
+        return
+    table = _existing_table(doc, parts, ".".join(key.as_string() for key in keys))
+    if table is not None:
+        _set_keys(table, changes, style)
+        return
+    additions = {key: value for key, value in changes.items() if value is not None}
+    parent = None if new_table_at_end else _existing_table(doc, parts[:-1], ".".join(k.as_string() for k in keys[:-1]))
+    if not additions:
+        return  # a key to drop that is not under a [header] is left for the verification to refuse
+    if parent is None:
+        blank = not _ends_with_blank_line(tomlkit.dumps(doc))
+        _append_at_end(doc, keys, _new_table(additions, "", style, blank_before=blank))
+    else:
+        _add_below(doc, parent, keys[-1], additions, style)
 
 
 def containerd_gvisor_merge_config(text, path, handler, runtime_type="io.containerd.runsc.v1",
@@ -680,50 +466,43 @@ def containerd_gvisor_merge_config(text, path, handler, runtime_type="io.contain
     handler = _check_name(handler, "the runtime handler name")
     handler_keys = _handler_keys(runtime_type, runtime_path)
     options = _check_options(options)
+    original = None
     if _is_empty(text):
         version = _supported_version(new_version, "containerd_gvisor_merge_config new_version", allow_text=True)
-        handler_dotted = containerd_gvisor_handler_table(version, handler)
-        tables = [(handler_dotted, {k: v for k, v in handler_keys.items() if v is not None})]
-        tables += [(handler_dotted + ".options", options)] if options else []
-        blocks = []
-        try:
-            missing = _missing_default_runtime({}, version, defaults)
-            if missing:
-                name, table = missing
-                blocks.append([DEFAULT_RUNTIME_COMMENT] + _table_block(
-                    f"{RUNTIMES_TABLE[version]}.{toml_key(name)}", table, Style("\n", DEFAULT_INDENT)))
-        except _Refusal as refusal:
-            raise AnsibleFilterError(f"cannot write {path}: {refusal}") from None
-        return _new_config(version, tables, blocks)
-
-    text = _as_text(text)
+        text = f"version = {version}\n"  # a new file: the version, then what the merge adds
+    else:
+        text = original = _as_text(text)
     data = _parse_config(text, path)
-    handler_dotted = containerd_gvisor_handler_table(_config_version(data, path), handler)
-    handler_parts = _table_path(handler_dotted)
-    tables = [(handler_dotted, handler_parts, handler_keys)]
+    version = _config_version(data, path)
+    handler_dotted = containerd_gvisor_handler_table(version, handler)
+    handler_keys_path = _header_keys(handler_dotted)
+    handler_parts = tuple(key.key for key in handler_keys_path)
+    tables = [(handler_keys_path, handler_keys)]
     if options:
-        tables.append((handler_dotted + ".options", handler_parts + ("options",), options))
+        tables.append((handler_keys_path + [SingleKey("options")], options))
     try:
         expected = data
-        for _dotted, parts, values in tables:
-            expected = _set_in(expected, parts, values)
-        missing = _missing_default_runtime(data, _config_version(data, path), defaults)
+        for keys, values in tables:
+            expected = _set_in(expected, tuple(key.key for key in keys), values)
+        missing = _missing_default_runtime(data, version, defaults)
         if missing:
             name, table = missing
             expected = _set_in(expected, handler_parts[:-1], {name: copy.deepcopy(table)})
         if expected == data:
-            return text  # already registered: leave the file exactly as it is
-        lines = split_lines(text)
-        style = _style(text, lines)
+            return original  # already registered: leave the file exactly as it is
+        doc = _parse_document(text, _newline(text))
+        style = _style(text, doc)
         if missing:
-            blank = [""] if lines and _body(lines[-1]).strip() else []
-            runtimes_dotted = RUNTIMES_TABLE[_config_version(data, path)]
-            block = [DEFAULT_RUNTIME_COMMENT] + _table_block(f"{runtimes_dotted}.{toml_key(name)}", table, style)
-            _insert(lines, len(lines), blank + block, style)
-        for dotted, parts, values in tables:
+            if not _ends_with_blank_line(text):
+                doc.add(tomlkit.ws(style.newline))
+            doc.add(Comment(Trivia(comment_ws="", comment=DEFAULT_RUNTIME_COMMENT, trail=style.newline)))
+            _append_at_end(doc, handler_keys_path[:-1] + [SingleKey(name)],
+                           _new_table(table, "", style, blank_before=False))
+        for keys, values in tables:
             # A new .options table goes right below its handler table; a new handler table at the end.
-            _apply(lines, data, dotted, parts, values, style, after_parent=parts != handler_parts)
-        result = _keep_final_newline(text, "".join(lines))
+            parts = tuple(key.key for key in keys)
+            _apply(doc, data, keys, parts, values, style, new_table_at_end=parts == handler_parts)
+        result = _dump(text, doc)
         _verify(result, expected, "the edited text would change more than the runtime's own keys")
     except _Refusal as refusal:
         raise AnsibleFilterError(
@@ -736,33 +515,7 @@ def containerd_gvisor_merge_config(text, path, handler, runtime_type="io.contain
 # --- 4. removing the runtime handler --------------------------------------------------
 
 
-def _removal_ranges(info, parts):
-    """Return (first, last) line ranges holding the tables at or below parts."""
-    ranges = []
-    for header, line in enumerate(info):
-        if line.kind not in ("table", "array") or line.parts[:len(parts)] != parts:
-            continue
-        last = _last_content(info, header)
-        # Tables separated only by blank lines go together, with those blank lines.
-        if ranges and all(info[i].kind == "blank" for i in range(ranges[-1][1] + 1, header)):
-            ranges[-1] = (ranges[-1][0], last)
-        else:
-            ranges.append((header, last))
-    return ranges
-
-
-def _without_ranges(lines, info, ranges):
-    """Return lines without the ranges, also dropping the blank line that set each one apart."""
-    drop = set()
-    for first, last in ranges:
-        followed_by_blank = last + 1 >= len(info) or info[last + 1].kind == "blank"
-        if first > 0 and info[first - 1].kind == "blank" and followed_by_blank:
-            first -= 1
-        drop.update(range(first, last + 1))
-    return [line for i, line in enumerate(lines) if i not in drop]
-
-
-def _without_table(data, parts, info):
+def _without_table(data, parts, headers):
     """Return a deep copy of data without the table at parts.
 
     Parent tables that only existed implicitly (no [header] of their own) and
@@ -771,11 +524,70 @@ def _without_table(data, parts, info):
     result = copy.deepcopy(data)
     del _lookup(result, parts[:-1])[parts[-1]]
     for depth in range(len(parts) - 1, 0, -1):
-        parent = _lookup(result, parts[:depth])
-        if parent or _find_table(info, parts[:depth]) is not None:
+        if _lookup(result, parts[:depth]) or parts[:depth] in headers:
             break
         del _lookup(result, parts[:depth - 1])[parts[depth - 1]]
     return result
+
+
+def _one_line_less(item):
+    """Return a whitespace item with one line break less, or None when nothing is left of it."""
+    rest = re.sub(r"[ \t]*\r?\n$", "", item.s, count=1)
+    return tomlkit.ws(rest) if rest else None
+
+
+def _writes_nothing(entry):
+    """Whether an entry is a table without a [header], which writes nothing of its own."""
+    return isinstance(entry.item, Table) and not _has_header(entry)
+
+
+def _remove_subtree(doc, target):
+    """Remove one table with its sub-tables, keeping the comments in it and the blank lines around them.
+
+    Each stretch of removed lines also takes the blank line above it when a blank line (or the end) follows it.
+    """
+    entries = list(_entries(doc))
+    at = next(i for i, entry in enumerate(entries) if entry.item is target)
+    inside, end = {id(target.value)}, at + 1
+    while end < len(entries) and id(entries[end].container) in inside:
+        if isinstance(entries[end].item, Table):
+            inside.add(id(entries[end].item.value))
+        end += 1
+    # Blank lines and comments after a table's last key: those before a sub-table stay when they hold a
+    # comment, and those at the very end stay; the others go with the lines around them.
+    runs, run = [], []
+    for entry in entries[at + 1:end]:
+        if entry.key is None:
+            run.append(entry.item)
+            continue
+        if isinstance(entry.item, Table) and any(isinstance(item, Comment) for item in run):
+            runs.append(run)
+        run = []
+    runs.append(run)
+    before = next((entries[i] for i in range(at - 1, -1, -1) if not _writes_nothing(entries[i])), None)
+    after = next((entry.item for entry in entries[end:] if not _writes_nothing(entry)), None)
+    kept, above, drop_before = [], before.item if before else None, False
+    for run in runs:
+        below = run[0] if run else after
+        if isinstance(above, Whitespace) and (below is None or isinstance(below, Whitespace)):
+            if kept:
+                kept[-1:] = [item for item in [_one_line_less(kept[-1])] if item]
+            else:
+                drop_before = True
+        kept += run
+        above = kept[-1] if kept else above
+    entries[at].container._remove_at(entries[at].index)
+    if before is None:
+        container, index = doc, 0
+    elif isinstance(before.item, Table):
+        container, index = before.item.value, 0
+    else:
+        container, index = before.container, before.index + 1
+    for offset, item in enumerate(kept):
+        _insert(container, index + offset, None, item)
+    if drop_before:
+        rest = _one_line_less(before.item)
+        before.container.body[before.index] = (None, rest if rest else Null())
 
 
 def containerd_gvisor_remove_handler(text, path, handler):
@@ -790,14 +602,19 @@ def containerd_gvisor_remove_handler(text, path, handler):
     runtimes = _lookup(data, parts[:-1])
     if not isinstance(runtimes, dict) or handler not in runtimes:
         return text
-    lines = split_lines(text)
-    info = analyse(lines)
-    expected = _without_table(data, parts, info)
-    ranges = _removal_ranges(info, parts)
-    result = _keep_final_newline(text, "".join(_without_ranges(lines, info, ranges)))
+    doc = _parse_document(text, _newline(text))
+    entries = list(_entries(doc))
+    expected = _without_table(data, parts, {entry.path for entry in entries if _has_header(entry)})
+    # The topmost tables at or below parts: [header]s, or header-less parents of [parts.sub] headers.
+    targets = [entry.item for entry in entries
+               if isinstance(entry.item, Table) and entry.path[:len(parts)] == parts
+               and not entry.key.is_dotted() and len(entry.path) - len(list(entry.key)) < len(parts)]
     try:
-        if not ranges:
+        if not targets:
             raise _Refusal("it has no [table] header of its own (it is an inline table or uses dotted keys)")
+        for target in targets:
+            _remove_subtree(doc, target)
+        result = _dump(text, doc)
         _verify(result, expected, "the edited text would remove more than the runtime's own tables")
     except _Refusal as refusal:
         raise AnsibleFilterError(
@@ -807,74 +624,47 @@ def containerd_gvisor_remove_handler(text, path, handler):
     return result
 
 
-# --- 8. runsc.toml -------------------------------------------------------------------
+
+# --- 5. what the role calls ---------------------------------------------------------
 
 
-def containerd_gvisor_runsc_toml(config, name="containerd_gvisor_runsc_config", binary_name=""):
-    """Render /etc/containerd/runsc.toml, whose [runsc_config] values are runsc flags as strings.
+def merge_config(text, path, handlers=(), remove=(), runtime_type="io.containerd.runsc.v1",
+                 options_type="io.containerd.runsc.v1.options", runtime_path="", new_version=2, defaults=None):
+    """Return config text with the runtimes of remove taken out and a runtime for each of handlers.
 
-    binary_name, when set, tells the shim where runsc is (needed outside containerd's PATH).
+    handlers: a list of {name, runsc_config_path}; each becomes a runtime of runtime_type (with
+    runtime_path when it is set, without one when it is empty) whose options name its runsc.toml.
+    Each step keeps every byte outside the runtime's own tables and is checked on its own; text
+    comes back unchanged when there is nothing to do.
     """
-    if config is None:
-        config = {}
-    if not isinstance(config, collections.abc.Mapping):
-        raise AnsibleFilterError(f"{name} must be a mapping of runsc flag names to values, got {_type_name(config)}")
-    if not isinstance(binary_name, str):
-        raise AnsibleFilterError(f"binary_name must be a path to runsc or empty, got {_type_name(binary_name)}")
-    lines = [RUNSC_TOML_HEADER]
-    lines += [f"binary_name = {toml_string(binary_name)}"] if binary_name else []
-    lines.append("[runsc_config]")
-    for key in sorted(config, key=str):
-        if not isinstance(key, str) or not _RUNSC_FLAG.fullmatch(key):
-            raise AnsibleFilterError(
-                f"{name} key {_show(key)} is not a runsc flag name "
-                f"(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
-            )
-        lines.append(f"{DEFAULT_INDENT}{key} = {toml_string(_runsc_value(config[key], f'{name}.{key}'))}")
-    return "\n".join(lines) + "\n"
+    if TOMLKIT_ERROR:
+        raise AnsibleFilterError(f"editing {path} needs the Python library tomlkit on the control node "
+                                 f"(pip install -r requirements.txt of the collection): {TOMLKIT_ERROR}")
+    for name in remove or ():
+        text = containerd_gvisor_remove_handler(text, path, name)
+    for handler in handlers or ():
+        options = {"TypeUrl": options_type, "ConfigPath": handler["runsc_config_path"]}
+        text = containerd_gvisor_merge_config(text, path, handler["name"], runtime_type=runtime_type, options=options,
+                                              new_version=new_version, runtime_path=runtime_path, defaults=defaults)
+    return text
 
 
-def _runsc_value(value, where):
-    """Return a runsc flag value as the string runsc expects."""
-    if isinstance(value, bool):
-        return "true" if value else "false"  # runsc wants lowercase, not Python's True
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    raise AnsibleFilterError(
-        f"{where} must be a string, number or boolean (runsc flags are strings), got {_type_name(value)}"
-    )
-
-
-# --- 9. failures -----------------------------------------------------------------------
-
-
-def containerd_gvisor_failure_message(result):
-    """Return what a failed task result says went wrong; for a loop, the message of every failed item."""
-    if not isinstance(result, collections.abc.Mapping):
-        return str(result)
-    items = result.get("results")
-    if isinstance(items, list):
-        messages = [str(item["msg"]) for item in items
-                    if isinstance(item, collections.abc.Mapping) and item.get("failed") and item.get("msg")]
-        if messages:
-            return "; ".join(dict.fromkeys(messages))  # each once, in order
-    return str(result.get("msg") or "the task failed without a message")
+def runtime_types(text, path):
+    """Return {runtime handler name: runtime_type} of the CRI runtimes a config defines."""
+    if _is_empty(text):
+        return {}
+    data = _parse_config(_as_text(text), path)
+    runtimes = _lookup(data, _table_path(RUNTIMES_TABLE[_config_version(data, path)]))
+    return {name: runtime.get("runtime_type", "") for name, runtime in (runtimes or {}).items()
+            if isinstance(runtime, dict)}
 
 
 class FilterModule:
-    """Filters of the containerd_gvisor role."""
+    """Filters that read and edit containerd's configuration."""
 
     def filters(self):
         return {
-            "bool": containerd_gvisor_bool,
-            "parse_sha512": containerd_gvisor_parse_sha512,
-            "merge_config": containerd_gvisor_merge_config,
-            "remove_handler": containerd_gvisor_remove_handler,
-            "config_version": containerd_gvisor_config_version,
-            "handler_table": containerd_gvisor_handler_table,
+            "merge_config": merge_config,
+            "runtime_types": runtime_types,
             "uses_systemd_cgroup": containerd_gvisor_uses_systemd_cgroup,
-            "runsc_toml": containerd_gvisor_runsc_toml,
-            "release_checksums": containerd_gvisor_release_checksums,
-            "handler_runtime_type": containerd_gvisor_handler_runtime_type,
-            "failure_message": containerd_gvisor_failure_message,
         }

@@ -1,104 +1,144 @@
 #!/usr/bin/python
-"""Read, in one round trip, what the containerd_gvisor role needs to know about a node."""
+# Copyright: containerd-gvisor maintainers
+# Apache License 2.0 (see LICENSE)
+"""Read in one round trip everything the containerd_gvisor role decides on.
+
+Ansible's own modules would need a dozen calls for this (setup, stat, slurp per file, command per
+probe, and hashing every installed file against the install record); each call is a round trip
+to the node, so a run that changes nothing would cost ten times as long.
+"""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: node_info
-short_description: Read a node's architecture, containerd and containerd configuration in one call
+short_description: Read what the containerd_gvisor role needs to know about a node, in one call
 description:
-  - Reads only; changes nothing. One call replaces seven separate probes (fact gathering,
-    C(containerd --version), stat and read of the configuration, C(containerd config dump),
-    C(containerd config default), C(systemctl is-active containerd)), which keeps a run that
-    changes nothing short.
+  - Reads only; changes nothing. Returns the architecture, containerd's version, whether its
+    configuration parses (C(containerd config dump)) and its built-in defaults, which services
+    run, the contents of the given files, the gVisor install record checked against the files on
+    disk, the installed runsc's version and which device nodes exist.
+author: containerd-gvisor maintainers
 options:
   config_path:
     description: containerd's configuration file.
     type: path
     required: true
   config_default:
-    description: Also read C(containerd config default).
+    description: Also return C(containerd config default).
     type: bool
-    default: true
-  runsc_config_path:
-    description: runsc's configuration for containerd's shim, read like O(config_path).
+    default: false
+  bin_dir:
+    description: Where runsc and its shim are installed.
     type: path
-  runsc:
-    description: Path of an installed runsc to ask for its version.
+    required: true
+  state_dir:
+    description: The directory holding the install record C(release.json).
     type: path
+    required: true
+  files:
+    description: Further files to read (for example runsc.toml files or Docker's daemon.json).
+    type: list
+    elements: path
+    default: []
+  devices:
+    description: Device nodes whose existence to report.
+    type: list
+    elements: path
+    default: []
+  services:
+    description: systemd services whose state to report.
+    type: list
+    elements: str
+    default: [containerd]
 """
 
 EXAMPLES = r"""
-- name: Read what the node has
+- name: Read the node
   gvisor_nodes.containerd_gvisor.node_info:
     config_path: /etc/containerd/config.toml
+    bin_dir: /usr/local/bin
+    state_dir: /var/lib/containerd-gvisor
+    files: [/etc/containerd/runsc.toml]
+    devices: [/dev/kvm]
   register: node
 """
 
 RETURN = r"""
 arch:
-  description: The kernel's machine name (C(uname -m)).
+  description: The kernel's machine name.
+  returned: always
+  type: str
+cpu_vendor:
+  description: The CPU vendor from /proc/cpuinfo (for example C(GenuineIntel)), empty when unknown.
   returned: always
   type: str
 containerd:
-  description: C(containerd --version) as rc, stdout, stderr and msg (msg is set when it could not run).
+  description: C(rc), C(version) (such as C(1.7.24), empty when unknown) and C(stderr) of C(containerd --version).
   returned: always
   type: dict
-config_stat:
-  description: exists, and when it does pw_name, gr_name and mode (octal string) of the configuration file.
-  returned: always
-  type: dict
-config_content:
-  description: The configuration file's bytes, base64 encoded; empty when it does not exist.
-  returned: always
-  type: str
-config_dump:
-  description: C(containerd --config FILE config dump) as rc, stdout and stderr; empty when there is no file.
+config:
+  description: The configuration file as O(files) returns files, plus C(dump_rc) and C(dump_error) of C(containerd config dump).
   returned: always
   type: dict
 config_default:
-  description: C(containerd config default) as rc and stdout; empty when not asked for.
+  description: The output of C(containerd config default), empty unless asked for.
+  returned: always
+  type: str
+services:
+  description: Service name to C(true) when systemd runs it; empty when systemd does not run the system.
   returned: always
   type: dict
-containerd_active:
-  description: C(systemctl is-active containerd.service) as rc (0 when running).
+files:
+  description: Path to C(exists) and, when it does, C(content) (base64), C(owner), C(group) and C(mode).
   returned: always
   type: dict
-runsc_config_stat:
-  description: Like RV(config_stat), for O(runsc_config_path).
-  returned: when O(runsc_config_path) is given
+record:
+  description: The install record (release and installed files), empty when there is none.
+  returned: always
   type: dict
-runsc_config_content:
-  description: Like RV(config_content), for O(runsc_config_path).
-  returned: when O(runsc_config_path) is given
+handlers:
+  description: The handlers record C(handlers.json) of O(state_dir) (name to its runsc.toml); its files are read too.
+  returned: always
+  type: dict
+record_problem:
+  description: Why the files on disk differ from the record; empty when every recorded file matches.
+  returned: always
   type: str
 runsc_version:
-  description: C(runsc --version) as rc, stdout and stderr; empty when O(runsc) does not exist.
-  returned: when O(runsc) is given
+  description: The output of the installed runsc's C(--version), empty when it does not run.
+  returned: always
+  type: str
+devices:
+  description: Device path to whether it exists.
+  returned: always
+  type: dict
+commands:
+  description: C(ctr) and C(docker) to their path, empty when missing.
+  returned: always
   type: dict
 """
 
 import base64
 import grp
+import json
 import os
 import pwd
-import stat
+import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
+    read_record,
+    record_problem,
+)
 
 
-def run(module, argv):
-    """Run a command, reporting a missing executable like the command module does."""
+def read_file(path):
+    """Return exists and, for an existing file, its base64 content, owner, group and mode."""
     try:
-        rc, out, err = module.run_command(argv)
-    except OSError as err:  # pragma: no cover - run_command reports most of these itself
-        return {"rc": 127, "stdout": "", "stderr": "", "msg": str(err)}
-    return {"rc": rc, "stdout": out, "stderr": err}
-
-
-def config_stat(path):
-    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
         st = os.stat(path)
     except FileNotFoundError:
         return {"exists": False}
@@ -109,50 +149,64 @@ def config_stat(path):
         except KeyError:
             return str(ident)
 
-    return {"exists": True, "pw_name": name(pwd.getpwuid, st.st_uid), "gr_name": name(grp.getgrgid, st.st_gid),
-            "mode": "%04o" % stat.S_IMODE(st.st_mode)}
+    return {"exists": True, "content": base64.b64encode(content).decode("ascii"), "mode": "%04o" % (st.st_mode & 0o7777),
+            "owner": name(pwd.getpwuid, st.st_uid), "group": name(grp.getgrgid, st.st_gid)}
 
 
-def read_file(path):
-    """(stat, base64 content) of a file; content is empty when it does not exist."""
-    st = config_stat(path)
-    if not st["exists"]:
-        return st, ""
-    with open(path, "rb") as handle:
-        return st, base64.b64encode(handle.read()).decode("ascii")
+def cpu_vendor():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            match = re.search(r"^vendor_id\s*:\s*(\S+)", handle.read(), re.M)
+    except OSError:
+        return ""
+    return match.group(1) if match else ""
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={"config_path": {"type": "path", "required": True},
-                       "config_default": {"type": "bool", "default": True},
-                       "runsc_config_path": {"type": "path"},
-                       "runsc": {"type": "path"}},
+        argument_spec={
+            "config_path": {"type": "path", "required": True},
+            "config_default": {"type": "bool", "default": False},
+            "bin_dir": {"type": "path", "required": True},
+            "state_dir": {"type": "path", "required": True},
+            "files": {"type": "list", "elements": "path", "default": []},
+            "devices": {"type": "list", "elements": "path", "default": []},
+            "services": {"type": "list", "elements": "str", "default": ["containerd"]},
+        },
         supports_check_mode=True,
     )
-    path = module.params["config_path"]
-    result = {"changed": False, "arch": os.uname().machine}
+    params = module.params
     containerd = module.get_bin_path("containerd")
-    if containerd is None:
-        result["containerd"] = {"rc": 127, "stdout": "", "stderr": "", "msg": "containerd: command not found"}
-    else:
-        result["containerd"] = run(module, [containerd, "--version"])
-    result["config_stat"], result["config_content"] = read_file(path)
-    result["config_dump"] = {}
-    if result["config_stat"]["exists"]:
-        if containerd:
-            result["config_dump"] = run(module, [containerd, "--config", path, "config", "dump"])
-    result["config_default"] = {}
-    if containerd and module.params["config_default"]:
-        result["config_default"] = run(module, [containerd, "config", "default"])
+    result = {"changed": False, "arch": os.uname().machine, "cpu_vendor": cpu_vendor(), "config_default": "",
+              "containerd": {"rc": 127, "version": "", "stderr": "containerd: command not found"}}
+    if containerd:
+        rc, out, err = module.run_command([containerd, "--version"])
+        version = re.search(r"\sv?(\d+\.\d+\.\d+)", out)
+        result["containerd"] = {"rc": rc, "version": version.group(1) if version else "", "stderr": err}
+    result["config"] = read_file(params["config_path"])
+    if containerd and result["config"]["exists"]:
+        rc, _out, err = module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
+        result["config"].update(dump_rc=rc, dump_error=err.strip())
+    if containerd and params["config_default"]:
+        result["config_default"] = module.run_command([containerd, "config", "default"])[1]
     systemctl = module.get_bin_path("systemctl")
-    result["containerd_active"] = (run(module, [systemctl, "is-active", "--quiet", "containerd.service"])
-                                   if systemctl else {"rc": 4, "stdout": "", "stderr": "no systemctl"})
-    if module.params["runsc_config_path"]:
-        result["runsc_config_stat"], result["runsc_config_content"] = read_file(module.params["runsc_config_path"])
-    if module.params["runsc"]:
-        runsc = module.params["runsc"]
-        result["runsc_version"] = run(module, [runsc, "--version"]) if os.path.isfile(runsc) else {}
+    result["services"] = {}
+    if systemctl and os.path.isdir("/run/systemd/system"):
+        result["services"] = {name: module.run_command([systemctl, "is-active", "--quiet", name])[0] == 0
+                              for name in params["services"]}
+    handlers = read_file(os.path.join(params["state_dir"], "handlers.json"))
+    try:
+        result["handlers"] = json.loads(base64.b64decode(handlers["content"])) if handlers["exists"] else {}
+    except ValueError:
+        result["handlers"] = {}
+    paths = params["files"] + [path for path in result["handlers"].values() if isinstance(path, str)]
+    result["files"] = {path: read_file(path) for path in paths}
+    result["record"] = read_record(params["state_dir"])
+    result["record_problem"] = record_problem(params["bin_dir"], result["record"])
+    runsc = os.path.join(params["bin_dir"], "runsc")
+    result["runsc_version"] = module.run_command([runsc, "--version"])[1] if os.path.isfile(runsc) else ""
+    result["devices"] = {path: os.path.exists(path) for path in params["devices"]}
+    result["commands"] = {name: module.get_bin_path(name) or "" for name in ("ctr", "docker")}
     module.exit_json(**result)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -63,8 +64,10 @@ def run_module(args: dict, check_mode: bool = False, module: Path = MODULE) -> t
     with tempfile.NamedTemporaryFile("w", suffix=".json") as args_file:
         json.dump({"ANSIBLE_MODULE_ARGS": payload}, args_file)
         args_file.flush()
+        # The modules import the collection's module_utils as Ansible ships them: from ansible_collections.
+        env = dict(os.environ, PYTHONPATH=str(REPO / "playbooks" / "collections"))
         proc = subprocess.run(
-            [sys.executable, str(module), args_file.name], capture_output=True, text=True, check=False, timeout=120
+            [sys.executable, str(module), args_file.name], capture_output=True, text=True, check=False, timeout=120, env=env
         )
     try:
         return proc.returncode, json.loads(proc.stdout)

@@ -1,4 +1,4 @@
-"""Tests of the containerd_gvisor filter plugin."""
+"""Tests of the filters that read and edit containerd's config.toml (plugins/filter/containerd_config.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import containerd_config as filters
 from conftest import REPO
 
 PATH = "/etc/containerd/config.toml"
-URL = "https://example.invalid/release/20240729.0/x86_64/runsc.sha512"
-DIGEST = "ab" * 64
 OPTIONS = {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}
 V2_TABLE = 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor'
 V3_TABLE = "plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.gvisor"
@@ -50,124 +48,6 @@ def without_gvisor(text, version=2):
     cri = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}[version]
     del data["plugins"][cri]["containerd"]["runtimes"]["gvisor"]
     return data
-
-
-# --- containerd_gvisor_bool -----------------------------------------------------
-
-
-@pytest.mark.parametrize("value", [True, 1, "true", "True", " TRUE ", "yes", "on", "1", "y", "t"])
-def test_bool_accepts_true_spellings(value):
-    assert filters.containerd_gvisor_bool(value, "containerd_gvisor_debug") is True
-
-
-@pytest.mark.parametrize("value", [False, 0, "false", "False", "no", "off", "0", "n", "f"])
-def test_bool_accepts_false_spellings(value):
-    assert filters.containerd_gvisor_bool(value, "containerd_gvisor_debug") is False
-
-
-def test_bool_refuses_a_typo_naming_the_variable():
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_bool("ture", "containerd_gvisor_debug")
-    assert str(err.value) == (
-        "containerd_gvisor_debug must be a boolean (true or false; Packer's strings \"true\" and \"false\" "
-        "also work), got 'ture'"
-    )
-
-
-@pytest.mark.parametrize("value", ["", None, 2, "maybe", [], {}])
-def test_bool_refuses_non_booleans(value):
-    with pytest.raises(AnsibleFilterError, match="^containerd_gvisor_debug must be a boolean"):
-        filters.containerd_gvisor_bool(value, "containerd_gvisor_debug")
-
-
-# --- containerd_gvisor_parse_sha512 -----------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        f"{DIGEST}  runsc\n",
-        f"{DIGEST} *runsc\n",
-        f"{DIGEST}  release/20240729.0/x86_64/runsc\n",
-        f"{DIGEST} */tmp/build/runsc",
-        f"{DIGEST}\n",
-        f"\n\n  {DIGEST.upper()}  runsc\r\n",
-        f"{DIGEST}  runsc\n{'cd' * 64}  containerd-shim-runsc-v1\n",
-    ],
-)
-def test_parse_sha512_accepts_sha512sum_output(text):
-    assert filters.containerd_gvisor_parse_sha512(text, "runsc", URL) == DIGEST
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        None,
-        f"{DIGEST[:-1]}  runsc\n",
-        f"{DIGEST}0  runsc\n",
-        f"{DIGEST[:-1]}g  runsc\n",
-        "sha512:" + DIGEST,
-    ],
-)
-def test_parse_sha512_refuses_malformed_text_naming_the_url(text):
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_parse_sha512(text, "runsc", URL)
-    assert str(err.value).startswith(f"{URL} is not a sha512sum line for runsc: got ")
-
-
-def test_parse_sha512_quotes_only_the_start_of_an_html_page():
-    page = "<html><head><title>404 Not Found</title></head><body>" + "x" * 500 + "</body></html>"
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_parse_sha512(page, "runsc", URL)
-    assert str(err.value) == f"{URL} is not a sha512sum line for runsc: got {page[:80]!r}..."
-
-
-def test_parse_sha512_refuses_the_line_of_another_file():
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_parse_sha512(f"{DIGEST}  containerd-shim-runsc-v1\n", "runsc", URL)
-    assert str(err.value).startswith(f"{URL} is a sha512sum line for containerd-shim-runsc-v1, not for runsc")
-
-
-# --- containerd_gvisor_release_checksums ----------------------------------------------
-
-
-RELEASE_URL = "https://example.invalid/release/20221219.0/x86_64"
-LOOSE = ["runsc", "containerd-shim-runsc-v1"]
-
-
-def test_release_checksums_from_published_sha512_files():
-    published = {"runsc": f"{DIGEST}  runsc\n", "containerd-shim-runsc-v1": f"{'CD' * 64}  containerd-shim-runsc-v1\n"}
-    assert filters.containerd_gvisor_release_checksums(LOOSE, {}, published, RELEASE_URL) == {
-        "runsc": DIGEST,
-        "containerd-shim-runsc-v1": "cd" * 64,
-    }
-
-
-def test_release_checksums_prefer_pinned_ones():
-    published = {"runsc": "<html>not found</html>", "containerd-shim-runsc-v1": f"{DIGEST}  containerd-shim-runsc-v1"}
-    pinned = {"runsc": "EF" * 64, "gvisor.tar.bz2": "00" * 64}
-    assert filters.containerd_gvisor_release_checksums(LOOSE, pinned, published, RELEASE_URL) == {
-        "runsc": "ef" * 64,
-        "containerd-shim-runsc-v1": DIGEST,
-    }
-
-
-def test_release_checksums_name_the_bad_sha512_url():
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_release_checksums(LOOSE, None, {"runsc": f"{DIGEST}  runsc"}, RELEASE_URL)
-    assert str(err.value) == (
-        f"{RELEASE_URL}/containerd-shim-runsc-v1.sha512 is not a sha512sum line for containerd-shim-runsc-v1: got ''"
-    )
-
-
-def test_release_checksums_name_the_bad_pinned_variable():
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_release_checksums(["gvisor.tar.bz2"], {"gvisor.tar.bz2": "abc"}, {}, RELEASE_URL)
-    assert str(err.value) == (
-        "containerd_gvisor_checksums.gvisor.tar.bz2 must be a sha512 checksum (128 hex digits), got 'abc'"
-    )
-
 
 # --- containerd_gvisor_merge_config: realistic configs -----------------------------
 
@@ -509,21 +389,6 @@ def test_remove_refuses_invalid_toml_naming_the_path():
 
 
 @pytest.mark.parametrize(
-    ("text", "version"),
-    [(None, None), ("", None), ("[grpc]\n", 1), ("version = 2\n", 2), ("version = 3\n", 3)],
-)
-def test_config_version(text, version):
-    assert filters.containerd_gvisor_config_version(text, PATH) == version
-
-
-def test_config_version_errors_name_the_path():
-    with pytest.raises(AnsibleFilterError, match=f"^containerd config {PATH} is not valid TOML"):
-        filters.containerd_gvisor_config_version("version = ", PATH)
-    with pytest.raises(AnsibleFilterError, match=f"^containerd config {PATH} has version 7;"):
-        filters.containerd_gvisor_config_version("version = 7", PATH)
-
-
-@pytest.mark.parametrize(
     ("version", "table"),
     [
         (1, "plugins.cri.containerd.runtimes.gvisor"),
@@ -559,138 +424,89 @@ def test_uses_systemd_cgroup_looks_at_runc_runtimes_only():
     assert filters.containerd_gvisor_uses_systemd_cgroup(other, PATH) is False
 
 
-def test_handler_runtime_type(fixture_text):
+def test_runtime_types(fixture_text):
     merged = merge(fixture_text("containerd-2.0-v3.toml"))
-    assert filters.containerd_gvisor_handler_runtime_type(merged, "containerd config dump", "gvisor") == (
-        "io.containerd.runsc.v1"
-    )
-    assert filters.containerd_gvisor_handler_runtime_type(merged, "containerd config dump", "runc") == (
-        "io.containerd.runc.v2"
-    )
-    assert filters.containerd_gvisor_handler_runtime_type(merged, "containerd config dump", "kata") == ""
-    assert filters.containerd_gvisor_handler_runtime_type("", "containerd config dump", "gvisor") == ""
+    assert filters.runtime_types(merged, "containerd config dump") == {
+        "gvisor": "io.containerd.runsc.v1", "runc": "io.containerd.runc.v2"}
+    assert filters.runtime_types("", "containerd config dump") == {}
     with pytest.raises(AnsibleFilterError, match="^containerd config containerd config dump is not valid TOML"):
-        filters.containerd_gvisor_handler_runtime_type("time=... level=warning", "containerd config dump", "gvisor")
+        filters.runtime_types("time=... level=warning", "containerd config dump")
 
 
-# --- containerd_gvisor_runsc_toml ----------------------------------------------------------
+# --- merge_config: several handlers at once ---------------------------------------------------
 
 
-def test_runsc_toml_renders_flags_as_sorted_strings():
-    rendered = filters.containerd_gvisor_runsc_toml(
-        {"systemd-cgroup": True, "debug": "true", "debug-log": "/var/log/runsc/%ID%/", "watchdog_x": 3, "f": 0.5,
-         "overlay2": False}
-    )
-    assert rendered == (
-        "# Managed by Ansible (containerd_gvisor role): runsc flags for the containerd shim.\n"
-        "[runsc_config]\n"
-        '  debug = "true"\n'
-        '  debug-log = "/var/log/runsc/%ID%/"\n'
-        '  f = "0.5"\n'
-        '  overlay2 = "false"\n'
-        '  systemd-cgroup = "true"\n'
-        '  watchdog_x = "3"\n'
-    )
-    assert all(isinstance(v, str) for v in tomllib.loads(rendered)["runsc_config"].values())
+HANDLERS = [{"name": "gvisor", "runsc_config_path": "/etc/containerd/runsc.toml"},
+            {"name": "gvisor-debug", "runsc_config_path": "/etc/containerd/runsc-debug.toml"}]
 
 
-@pytest.mark.parametrize("config", [{}, None])
-def test_runsc_toml_without_flags_still_has_the_table(config):
-    assert filters.containerd_gvisor_runsc_toml(config) == (
-        "# Managed by Ansible (containerd_gvisor role): runsc flags for the containerd shim.\n[runsc_config]\n"
-    )
+def test_merge_config_adds_each_handler_with_its_own_runsc_toml(fixture_text):
+    text = fixture_text("containerd-1.6-v2.toml")
+    merged = filters.merge_config(text, PATH, HANDLERS)
+    runtimes = tomllib.loads(merged)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    for handler in HANDLERS:
+        assert runtimes[handler["name"]] == {"runtime_type": "io.containerd.runsc.v1", "options": {
+            "TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": handler["runsc_config_path"]}}
+    assert merged.startswith(text.rstrip("\n"))  # every byte of the file is still there, first
+    assert filters.merge_config(merged, PATH, HANDLERS) == merged  # nothing more to do
 
 
-def test_runsc_toml_with_binary_name():
-    rendered = filters.containerd_gvisor_runsc_toml({"debug": True}, binary_name="/opt/bin/runsc")
-    assert rendered == (
-        "# Managed by Ansible (containerd_gvisor role): runsc flags for the containerd shim.\n"
-        'binary_name = "/opt/bin/runsc"\n'
-        "[runsc_config]\n"
-        '  debug = "true"\n'
-    )
-    assert tomllib.loads(rendered) == {"binary_name": "/opt/bin/runsc", "runsc_config": {"debug": "true"}}
+def test_merge_config_takes_out_a_handler_no_longer_wanted_and_keeps_the_other(fixture_text):
+    text = fixture_text("containerd-2.0-v3.toml")
+    both = filters.merge_config(text, PATH, HANDLERS, new_version=3)
+    one = filters.merge_config(both, PATH, HANDLERS[:1], remove=["gvisor-debug"])
+    assert one == filters.merge_config(text, PATH, HANDLERS[:1], new_version=3)
+    assert filters.merge_config(one, PATH, remove=["gvisor"]) == text  # removal undoes the merge byte for byte
 
 
-def test_runsc_toml_escapes_strings():
-    config = {"net-raw": 'a "quoted" \\ value'}
-    assert tomllib.loads(filters.containerd_gvisor_runsc_toml(config))["runsc_config"] == config
+def test_merge_config_sets_runtime_path_outside_containerds_path():
+    merged = filters.merge_config("", PATH, HANDLERS[:1], runtime_path="/opt/bin/containerd-shim-runsc-v1")
+    assert tomllib.loads(merged)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gvisor"][
+        "runtime_path"] == "/opt/bin/containerd-shim-runsc-v1"
 
 
-@pytest.mark.parametrize(("value", "kind"), [(["a"], "list"), ({"a": 1}, "dict"), (None, "null")])
-def test_runsc_toml_refuses_non_scalars(value, kind):
-    with pytest.raises(AnsibleFilterError) as err:
-        filters.containerd_gvisor_runsc_toml({"debug": value}, "my_flags")
-    assert str(err.value) == (
-        f"my_flags.debug must be a string, number or boolean (runsc flags are strings), got {kind}"
-    )
-
-
-@pytest.mark.parametrize("key", ["Debug", "-debug", "debug log", "debug.log", ""])
-def test_runsc_toml_refuses_keys_that_are_not_flag_names(key):
-    with pytest.raises(AnsibleFilterError, match=r"^containerd_gvisor_runsc_config key .* is not a runsc flag name"):
-        filters.containerd_gvisor_runsc_toml({key: "1"})
-
-
-def test_runsc_toml_refuses_a_list():
-    with pytest.raises(AnsibleFilterError, match="^containerd_gvisor_runsc_config must be a mapping"):
-        filters.containerd_gvisor_runsc_toml(["debug"])
+def test_merge_config_names_the_missing_library(monkeypatch):
+    monkeypatch.setattr(filters, "TOMLKIT_ERROR", ImportError("No module named 'tomlkit'"))
+    with pytest.raises(AnsibleFilterError, match="needs the Python library tomlkit on the control node"):
+        filters.merge_config("", PATH, HANDLERS)
 
 
 # --- through Ansible ------------------------------------------------------------------------
 
 
-def test_filters_work_inside_ansible(tmp_path):
-    """The plugin loads in ansible-core and its errors reach the user as written."""
+def ansible_debug(expression, tmp_path, variables=None):
+    """Evaluate an expression with the collection's filters inside ansible-core."""
     ansible = Path(sys.executable).with_name("ansible")
-    if not ansible.exists():
-        pytest.skip("ansible is not installed beside this Python")
-    expression = (
-        "{{ ['yes' | gvisor_nodes.containerd_gvisor.bool('v'), "
-        "2 | gvisor_nodes.containerd_gvisor.handler_table('gvisor'), "
-        "none | gvisor_nodes.containerd_gvisor.merge_config('/etc/c.toml', 'gvisor') | gvisor_nodes.containerd_gvisor.config_version('x')] }}"
-    )
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / "playbooks" / "collections"), ANSIBLE_LOCAL_TEMP=str(tmp_path),
-               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(
-        [str(ansible), "localhost", "-c", "local", "-m", "debug", "-a", f"msg={expression}"],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
-    assert task["hosts"]["localhost"]["msg"] == [True, V2_TABLE, 2]
-
-    proc = subprocess.run(
-        [str(ansible), "localhost", "-c", "local", "-m", "debug", "-a",
-         "msg={{ 'ture' | gvisor_nodes.containerd_gvisor.bool('v') }}"],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "v must be a boolean (true or false" in proc.stdout + proc.stderr
+    environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / "playbooks" / "collections"),
+                       ANSIBLE_LOCAL_TEMP=str(tmp_path), ANSIBLE_STDOUT_CALLBACK="json",
+                       ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-m", "debug", "-a", json.dumps({"msg": expression}),
+                           "-e", json.dumps(variables or {})],
+                          capture_output=True, text=True, env=environment, check=False, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
-# --- failure messages ------------------------------------------------------------------------
+def test_filters_work_inside_ansible(tmp_path):
+    rc, out, err = ansible_debug(
+        "{{ '' | gvisor_nodes.containerd_gvisor.merge_config('/etc/c.toml', [{'name': 'gvisor', "
+        "'runsc_config_path': '/etc/containerd/runsc.toml'}]) | gvisor_nodes.containerd_gvisor.runtime_types('x') }}",
+        tmp_path)
+    assert rc == 0, out + err
+    assert json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"] == {"gvisor": "io.containerd.runsc.v1"}
+
+    rc, out, err = ansible_debug("{{ 'version = 2\\n[x' | gvisor_nodes.containerd_gvisor.merge_config('/etc/c.toml', remove=['gvisor']) }}", tmp_path)
+    assert rc != 0
+    assert "containerd config /etc/c.toml is not valid TOML" in out + err
 
 
-def test_failure_message_of_a_task():
-    assert filters.containerd_gvisor_failure_message({"failed": True, "msg": "GET url failed: HTTP 500"}) == (
-        "GET url failed: HTTP 500"
-    )
-
-
-def test_failure_message_of_a_loop_names_every_failed_item_once():
-    result = {"failed": True, "msg": "One or more items failed", "results": [
-        {"failed": False, "msg": "fine"},
-        {"failed": True, "msg": "runsc from url does not match its checksum"},
-        {"skipped": True},
-        {"failed": True, "msg": "GET shim failed: HTTP 404 Not Found"},
-        {"failed": True, "msg": "GET shim failed: HTTP 404 Not Found"},
-    ]}
-    assert filters.containerd_gvisor_failure_message(result) == (
-        "runsc from url does not match its checksum; GET shim failed: HTTP 404 Not Found"
-    )
-
-
-def test_failure_message_without_any_message():
-    assert filters.containerd_gvisor_failure_message({"failed": True}) == "the task failed without a message"
-    assert filters.containerd_gvisor_failure_message({"results": [{"failed": True}], "msg": "outer"}) == "outer"
+def test_runsc_toml_template_writes_flags_and_shim_options_as_toml_strings(tmp_path):
+    template = REPO / "roles" / "containerd_gvisor" / "templates" / "runsc.toml.j2"
+    handler = {"name": "gvisor-debug", "shim_config": {"log_level": "debug", "log_path": "/var/log/runsc/%ID%/shim.log"}}
+    flags = {"platform": "systrap", "debug": "true", "debug-log": 'C:\\odd "path"\n'}
+    rc, out, err = ansible_debug(f"{{{{ lookup('ansible.builtin.template', '{template}', template_vars=given) }}}}", tmp_path,
+                                 {"given": {"handler": handler, "flags": flags, "binary_name": "/opt/bin/runsc"}})
+    assert rc == 0, out + err
+    text = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    assert tomllib.loads(text) == {"binary_name": "/opt/bin/runsc", "log_level": "debug",
+                                   "log_path": "/var/log/runsc/%ID%/shim.log", "runsc_config": flags}
+    assert 'runtime handler "gvisor-debug"' in text

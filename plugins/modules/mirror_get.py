@@ -1,0 +1,56 @@
+#!/usr/bin/python
+# Copyright: containerd-gvisor maintainers
+# Apache License 2.0 (see LICENSE)
+"""Documentation of the mirror_get action plugin (plugins/action/mirror_get.py), which does the work."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mirror_get
+short_description: Fetch from a release mirror with ansible.builtin.get_url or uri, retrying with a doubling wait
+description:
+  - Runs M(ansible.builtin.get_url) when O(dest) is given, else M(ansible.builtin.uri), with every other
+    option passed on unchanged (TLS, certificates, credentials, headers, proxies, checksums).
+  - Tries again what may be transient (no answer, a refused or reset connection, HTTP 408, 429 and 5xx,
+    a body cut off before its length), waiting O(delay) seconds before the second try and twice as long
+    before each further one, at most 60 s. A failure that is not transient ends it at once.
+author: containerd-gvisor maintainers
+options:
+  url:
+    description: The URL to fetch.
+    type: str
+    required: true
+  dest:
+    description: Where M(ansible.builtin.get_url) writes the file; without it M(ansible.builtin.uri) is used.
+    type: path
+  tries:
+    description: Requests to make at most.
+    type: int
+    default: 4
+  delay:
+    description: Seconds before the second try.
+    type: float
+    default: 3
+notes:
+  - Further options are those of M(ansible.builtin.get_url) or M(ansible.builtin.uri).
+"""
+
+EXAMPLES = r"""
+- name: Ask for a release's checksum
+  gvisor_nodes.containerd_gvisor.mirror_get:
+    url: https://storage.googleapis.com/gvisor/releases/release/latest/x86_64/gvisor.tar.bz2.sha512
+    status_code: [200, 404]
+    return_content: true
+"""
+
+RETURN = r"""
+attempts:
+  description: Requests made.
+  returned: always
+  type: int
+reason:
+  description: Why the last request failed, in a few words.
+  returned: on failure
+  type: str
+"""
