@@ -14,6 +14,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHIM = "containerd-shim-runsc-v1"
+ARCHIVE = "gvisor.tar.bz2"
+STAND_IN_MARK = b"TEST STAND-IN"  # in every file of the test mirror that is not a real binary
 RUNTIME_TYPE = "io.containerd.runsc.v1"
 
 
@@ -23,16 +25,24 @@ def mirror_dir():
 
 
 def release_dir(version, arch):
-    """The mirror's directory of one release, `latest` resolved like the mirror does."""
+    """The mirror's directory of one release, `latest` and YYYYMMDD aliases resolved like the mirror does."""
     return (mirror_dir() / "release" / str(version) / arch).resolve()
 
 
-def expected_files(version, arch):
-    """Map of path (relative to the bin dir) to the sha512 the mirror's release holds."""
-    rel = release_dir(version, arch)
-    archive = rel / "gvisor.tar.bz2"
-    if not archive.exists():
-        return {name: sha512_file(rel / name) for name in ("runsc", SHIM)}
+def release_name(version, arch):
+    """The dated release a version names on the mirror, e.g. latest -> 20261005.0."""
+    return release_dir(version, arch).parent.name
+
+
+def uses_archive(version, arch):
+    """Whether the role installs the release from gvisor.tar.bz2: every release that serves it,
+    including those that also serve the loose files (20260721 to 20260817), as the role asks for the
+    archive first."""
+    return (release_dir(version, arch) / ARCHIVE).exists()
+
+
+def archive_files(archive):
+    """Map of path (./ prefix removed) to the sha512 of every regular file in a .tar.bz2."""
     files = {}
     with tarfile.open(archive, "r:bz2") as tar:
         for member in tar.getmembers():
@@ -42,8 +52,35 @@ def expected_files(version, arch):
     return files
 
 
-def uses_archive(version, arch):
-    return (release_dir(version, arch) / "gvisor.tar.bz2").exists()
+def expected_files(version, arch):
+    """Map of path (relative to the bin dir) to the sha512 the role installs from the mirror's
+    release: the archive's runsc, shim and gvisor-bin/ helpers, else the two loose files."""
+    rel = release_dir(version, arch)
+    if uses_archive(version, arch):
+        return archive_files(rel / ARCHIVE)
+    return {name: sha512_file(rel / name) for name in ("runsc", SHIM)}
+
+
+def release_runsc(version, arch):
+    """The bytes of the runsc the role installs from the mirror's release."""
+    rel = release_dir(version, arch)
+    if not uses_archive(version, arch):
+        return (rel / "runsc").read_bytes()
+    with tarfile.open(rel / ARCHIVE, "r:bz2") as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.removeprefix("./") == "runsc":
+                return tar.extractfile(member).read()
+    raise AssertionError(f"{rel / ARCHIVE} has no runsc")
+
+
+def runsc_version_line(version, arch):
+    """The first line `runsc --version` prints once the release is installed: Debian's real runsc
+    (20221219.0, 20240729.0) says 'runsc version 0.0~<release>', the mirror's stand-in runsc of
+    later releases 'runsc version release-<release>', as gVisor's own builds do."""
+    release = release_name(version, arch)
+    if STAND_IN_MARK in release_runsc(version, arch)[:4096]:
+        return f"runsc version release-{release}"
+    return f"runsc version 0.0~{release}"
 
 
 def sha512_file(path):

@@ -2,10 +2,19 @@
 """Serve the offline gVisor release mirror on 127.0.0.1, with fault injection.
 
 Usage: server.py --root DIR [--port N] [--log FILE] [--bind 127.0.0.1]
+                 [--tls-cert FILE --tls-key FILE] [--basic-auth USER:PASSWORD]
 
   --port defaults to $CONTAINERD_GVISOR_MIRROR_PORT, else 18080; 0 picks a free
-  port. Once listening, one line "serving DIR on http://127.0.0.1:PORT/" goes
-  to stdout. Only 127.0.0.1 is accepted as bind address.
+  port. Once listening, one line "serving DIR on http://127.0.0.1:PORT/" (https
+  with TLS) goes to stdout. Only 127.0.0.1 is accepted as bind address.
+  --tls-cert and --tls-key (PEM files: the certificate chain and its key) serve
+  HTTPS instead of HTTP; the handshake happens in the request's own thread.
+  --basic-auth makes every request, /_control/ included, need HTTP basic
+  authentication with these credentials: without the Authorization header, or
+  with other credentials, the answer is 401 with
+  `WWW-Authenticate: Basic realm="gvisor-mirror"`. These are test credentials:
+  they show in the process list, and the access log records the 401 (never a
+  password or the Authorization header).
 
 GET and HEAD serve regular files under DIR (symlinks are followed while they
 stay inside DIR); anything else is 404. Each request is logged to --log as one
@@ -25,12 +34,16 @@ first N matching requests get it, later ones are served normally.
 """
 
 import argparse
+import base64
+import binascii
 import datetime
+import hmac
 import http.server
 import json
 import os
 import posixpath
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -38,6 +51,8 @@ import urllib.parse
 
 KINDS = {"404", "500", "stall", "truncate", "corrupt", "bad_sha512"}
 CHUNK = 64 * 1024
+REALM = "gvisor-mirror"
+HANDSHAKE_TIMEOUT = 10  # seconds a client may take over the TLS handshake
 
 
 class Faults:
@@ -126,11 +141,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 out.write(line + "\n")
 
     def send_body(self, status, body, content_type="text/plain; charset=utf-8",
-                  head=False):
+                  head=False, headers=()):
         """Send a whole small response."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         if not head:
             self.write(body)
@@ -144,6 +161,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
             return None
         return real
+
+    def authorized(self):
+        """Whether the request carries the server's basic-auth credentials (or none are needed)."""
+        expected = self.server.credentials
+        if expected is None:
+            return True
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, expected)
 
     # --- control -------------------------------------------------------
 
@@ -177,7 +208,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def serve(self):
         self.status, self.sent = None, 0
         path = self.url_path()
-        if path == "/_control" or path.startswith("/_control/"):
+        is_control = path == "/_control" or path.startswith("/_control/")
+        if not self.authorized():
+            self.send_body(401, b"authentication required\n", head=self.command == "HEAD",
+                           headers=[("WWW-Authenticate", f'Basic realm="{REALM}"')])
+            self.close_connection = True  # any request body stays unread
+            if not is_control:
+                self.access_log(None)
+            return
+        if is_control:
             self.control(path)
             return
         if self.command not in ("GET", "HEAD"):
@@ -248,9 +287,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    ssl_context = None  # an ssl.SSLContext to serve HTTPS
+    credentials = None  # b"user:password" to require basic authentication
+
+    def finish_request(self, request, client_address):
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs here, in the request's thread, so a slow or failing client
+        # never holds up the accept loop; a failed handshake ends in handle_error.
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        tls = self.ssl_context.wrap_socket(request, server_side=True)  # takes over request's socket
+        try:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
 
     def handle_error(self, request, client_address):
-        pass  # clients that hang up are expected here; keep stderr quiet
+        pass  # clients that hang up, or refuse the certificate, are expected here; keep stderr quiet
 
 
 def main(argv=None):
@@ -261,11 +316,28 @@ def main(argv=None):
                         default=int(os.environ.get("CONTAINERD_GVISOR_MIRROR_PORT", 18080)))
     parser.add_argument("--log", help="access log file (JSON lines)")
     parser.add_argument("--bind", default="127.0.0.1", help="only 127.0.0.1 is accepted")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument("--basic-auth", metavar="USER:PASSWORD",
+                        help="require HTTP basic authentication with these credentials")
     args = parser.parse_args(argv)
     if args.bind != "127.0.0.1":
         parser.error(f"refusing to bind {args.bind}: this server listens on 127.0.0.1 only")
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root} is not a folder")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.basic_auth is not None:
+        user, colon, _password = args.basic_auth.partition(":")
+        if not user or not colon:
+            parser.error("--basic-auth wants USER:PASSWORD (a user name, then ':' and the password)")
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            parser.error(f"cannot load --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {err}")
 
     try:
         server = Server((args.bind, args.port), Handler)
@@ -276,6 +348,8 @@ def main(argv=None):
     server.log_file = os.path.abspath(args.log) if args.log else None
     server.log_lock = threading.Lock()
     server.faults = Faults()
+    server.ssl_context = ssl_context
+    server.credentials = args.basic_auth.encode() if args.basic_auth is not None else None
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -283,7 +357,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     port = server.server_address[1]
-    print(f"serving {server.root} on http://127.0.0.1:{port}/", flush=True)
+    scheme = "https" if ssl_context else "http"
+    print(f"serving {server.root} on {scheme}://127.0.0.1:{port}/", flush=True)
     try:
         server.serve_forever()
     finally:

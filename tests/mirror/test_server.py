@@ -2,19 +2,29 @@
 
 Usage: python -m pytest tests/mirror -q
 Each test talks to one server.py started on a free 127.0.0.1 port over a
-small mirror made in a temporary folder.
+small mirror made in a temporary folder; the HTTPS and basic-auth tests start
+theirs through tests/gvisor_mirror.MirrorServer, with a throwaway CA.
 """
 
+import base64
 import hashlib
 import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests/ helpers
+
+from gvisor_mirror import MirrorServer, make_test_ca  # noqa: E402
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 PAYLOAD = bytes(range(256)) * 400  # 102400 bytes
@@ -64,11 +74,14 @@ def no_faults(request):
         yield
 
 
-def request_(srv, method, path, body=None):
-    """Send one request; return (status, headers, body bytes, complete?)."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+def request_(srv, method, path, body=None, headers=None, context=None, host="127.0.0.1"):
+    """Send one request (over TLS with an SSL context); return (status, headers, body bytes, complete?)."""
+    if context is None:
+        conn = http.client.HTTPConnection(host, srv.port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection(host, srv.port, timeout=10, context=context)
     try:
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         try:
             data, complete = resp.read(), True
@@ -230,3 +243,173 @@ def test_refuses_other_bind_address(mirror):
          "--bind", "0.0.0.0"], capture_output=True, text=True, timeout=10)
     assert result.returncode != 0
     assert "127.0.0.1" in result.stderr
+
+
+def test_refuses_half_a_tls_setup_and_bad_credentials(mirror, tmp_path):
+    tls = make_test_ca(tmp_path)
+    for extra, message in [(["--tls-cert", str(tls.cert)], "--tls-cert and --tls-key go together"),
+                           (["--tls-key", str(tls.key)], "--tls-cert and --tls-key go together"),
+                           (["--tls-cert", str(tls.key), "--tls-key", str(tls.key)], "cannot load"),
+                           (["--basic-auth", "no-colon"], "USER:PASSWORD"),
+                           (["--basic-auth", ":password"], "USER:PASSWORD")]:
+        result = subprocess.run(
+            [sys.executable, SERVER, "--root", str(mirror / "root"), "--port", "0", *extra],
+            capture_output=True, text=True, timeout=10, check=False)
+        assert result.returncode != 0, extra
+        assert message in result.stderr, (extra, result.stderr)
+
+
+# --- HTTPS and basic auth ----------------------------------------------------------------------
+
+USER, PASSWORD = "mirror-user", "s3cret-Pa55:with-colon"
+REALM = 'Basic realm="gvisor-mirror"'
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return make_test_ca(tmp_path_factory.mktemp("tls"))
+
+
+def stopped_quietly(server):
+    server.stop()
+    assert server.proc.returncode == 0
+    assert server.proc.stderr.read() == ""  # refused handshakes and 401s leave no noise either
+
+
+@pytest.fixture(scope="module")
+def https_server(mirror, tls):
+    server = MirrorServer(mirror / "root", mirror / "https-access.log", tls=tls)
+    yield server
+    stopped_quietly(server)
+
+
+@pytest.fixture(scope="module")
+def auth_server(mirror):
+    server = MirrorServer(mirror / "root", mirror / "auth-access.log", auth=(USER, PASSWORD))
+    yield server
+    stopped_quietly(server)
+
+
+def test_test_ca_certifies_127_0_0_1_and_localhost(tls):
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert cert.issuer == ca.subject
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert oct(tls.key.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_https_is_served_and_verified_against_the_test_ca(https_server, tls, host):
+    assert https_server.url == f"https://127.0.0.1:{https_server.port}"
+    assert https_server.ca_file == tls.ca
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    status, headers, body, complete = request_(https_server, "GET", URL, context=context, host=host)
+    assert (status, body, complete) == (200, PAYLOAD, True)
+    assert headers["Content-Length"] == str(len(PAYLOAD))
+    with https_server.open(URL) as response:  # the helper's own client: urllib with the CA
+        assert response.read() == PAYLOAD
+
+
+def test_https_is_refused_without_the_test_ca(https_server, tls):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request_(https_server, "GET", URL, context=ssl.create_default_context())
+    with pytest.raises(urllib.error.URLError) as err:
+        urllib.request.urlopen(f"{https_server.url}{URL}", timeout=10)
+    assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain HTTP gets no answer
+        request_(https_server, "GET", URL)
+    # The server goes on serving clients that trust the CA.
+    assert request_(https_server, "GET", URL, context=tls.client_context())[0] == 200
+
+
+def test_https_carries_faults_and_their_control(https_server, tls):
+    https_server.set_faults({URL: {"kind": "truncate", "count": 1}})
+    try:
+        status, _, body, complete = request_(https_server, "GET", URL, context=tls.client_context())
+        assert (status, complete, len(body)) == (200, False, len(PAYLOAD) // 2)
+        assert https_server.faults()[URL]["hits"] == 1
+        assert request_(https_server, "GET", URL, context=tls.client_context())[2] == PAYLOAD
+    finally:
+        https_server.clear_faults()
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    basic(USER, "wrong"),
+    basic("someone-else", PASSWORD),
+    basic(USER, PASSWORD[:-1]),
+    {"Authorization": "Basic not-base64!"},
+    {"Authorization": "Bearer " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
+], ids=["none", "wrong-password", "wrong-user", "prefix", "garbage", "other-scheme"])
+def test_401_without_the_right_credentials(auth_server, headers):
+    for method in ("GET", "HEAD"):
+        status, answer, body, _ = request_(auth_server, method, URL, headers=headers)
+        assert status == 401
+        assert answer["WWW-Authenticate"] == REALM
+        assert answer["Content-Length"] == str(len(b"authentication required\n"))
+        assert body == (b"authentication required\n" if method == "GET" else b"")
+    # The fault control is behind the same door.
+    assert request_(auth_server, "GET", "/_control/faults", headers=headers)[0] == 401
+    assert request_(auth_server, "PUT", "/_control/faults", b'{"/x": {"kind": "404"}}', headers=headers)[0] == 401
+    assert auth_server.faults() == {}
+
+
+def test_200_with_the_credentials(auth_server):
+    status, _, body, complete = request_(auth_server, "GET", URL, headers=basic(USER, PASSWORD))
+    assert (status, body, complete) == (200, PAYLOAD, True)
+    status, _, body, _ = request_(auth_server, "GET", "/release/missing", headers=basic(USER, PASSWORD))
+    assert status == 404
+    # Scheme names are case-insensitive (RFC 7617).
+    lower = {"Authorization": basic(USER, PASSWORD)["Authorization"].replace("Basic", "basic")}
+    assert request_(auth_server, "GET", URL, headers=lower)[0] == 200
+    auth_server.set_faults({URL: {"kind": "500", "count": 1}})
+    try:
+        assert request_(auth_server, "GET", URL, headers=basic(USER, PASSWORD))[0] == 500
+    finally:
+        auth_server.clear_faults()
+
+
+def test_the_access_log_has_the_status_and_never_the_password(auth_server):
+    before = len(auth_server.requests())
+    request_(auth_server, "GET", URL)
+    request_(auth_server, "GET", URL, headers=basic(USER, "wrong-guess"))
+    request_(auth_server, "GET", URL, headers=basic(USER, PASSWORD))
+    deadline = time.monotonic() + 5
+    while len(auth_server.requests()) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = auth_server.requests()[before:]
+    assert [(line["path"], line["status"]) for line in lines] == [(URL, 401), (URL, 401), (URL, 200)]
+    assert lines[-1]["bytes"] == len(PAYLOAD)
+    text = auth_server.log.read_text()
+    for secret in (PASSWORD, "wrong-guess", basic(USER, PASSWORD)["Authorization"].split()[1]):
+        assert secret not in text
+
+
+def test_https_and_basic_auth_together(mirror):
+    server = MirrorServer(mirror / "root", mirror / "both-access.log", tls=True, auth=f"{USER}:{PASSWORD}")
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        assert server.ca_file.is_file() and server.ca_file.parent != mirror / "root"
+        context = server.ssl_context()
+        assert request_(server, "GET", URL, context=context)[0] == 401
+        assert request_(server, "GET", URL, context=context, headers=basic(USER, PASSWORD))[2] == PAYLOAD
+        server.set_faults({URL: {"kind": "404"}})
+        assert server.faults()[URL]["kind"] == "404"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            server.open(URL)
+        assert err.value.code == 404
+        server.clear_faults()
+        with server.open(URL, method="HEAD") as response:
+            assert response.headers["Content-Length"] == str(len(PAYLOAD))
+        assert PASSWORD not in server.log.read_text()
+    finally:
+        stopped_quietly(server)
