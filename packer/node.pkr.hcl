@@ -23,6 +23,12 @@ variable "containerd_gvisor_mirror_url" {
   description = "Base URL of the gVisor release mirror."
 }
 
+variable "ansible_extra_vars" {
+  type        = string
+  default     = "{}"
+  description = "Any further role variables, as one JSON object, e.g. {\"containerd_gvisor_runsc_config\": {\"debug\": \"true\"}}; passed last, so it wins."
+}
+
 variable "docker_image" {
   type    = string
   default = "containerd-gvisor-node:bookworm"
@@ -73,12 +79,14 @@ variable "qemu_vm_name" {
   default = "containerd-gvisor-node.qcow2"
 }
 
-# The ansible provisioner's command line and environment (both sources).
+# The ansible provisioner's command line and environment (both sources). The role's three variables
+# come first; ansible_extra_vars, one JSON object, comes last, so it can set any other role variable.
 locals {
   ansible_extra_arguments = [
     "--extra-vars", "containerd_gvisor_runtime=${var.containerd_gvisor_runtime}",
     "--extra-vars", "containerd_gvisor_version=${var.containerd_gvisor_version}",
     "--extra-vars", "containerd_gvisor_mirror_url=${var.containerd_gvisor_mirror_url}",
+    "--extra-vars", var.ansible_extra_vars,
   ]
   ansible_env_vars = [
     "ANSIBLE_CONFIG=${path.root}/../ansible.cfg",

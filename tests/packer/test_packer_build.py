@@ -1,9 +1,10 @@
 """Build node images with packer/node.json and packer/node.pkr.hcl and check a node booted from each, as a user would.
 
 Each case builds a template's docker builder from a JSON var file (packer/vars/gvisor.json, or
-a copy with one value changed) with the mirror pointed at the local test mirror (tests/mirror),
-starts a container from the image with systemd as PID 1, and checks it. tests/packer/run sets
-up the machine and runs this file.
+a copy with values changed, or packer/vars/gvisor-debug.json, which sets runsc flags through
+ansible_extra_vars) with the mirror pointed at the local test mirror (tests/mirror), starts a
+container from the image with systemd as PID 1, and checks it. tests/packer/run sets up the
+machine and runs this file.
 """
 
 import json
@@ -23,6 +24,7 @@ from gvisor_testinfra import (
     expected_files,
     handler_table,
     node_sha512,
+    node_toml,
     release_dir,
     sandbox_flags,
     shell,
@@ -31,6 +33,7 @@ from gvisor_testinfra import (
 JSON_TEMPLATE = REPO / "packer" / "node.json"
 HCL_TEMPLATE = REPO / "packer" / "node.pkr.hcl"
 VAR_FILE = REPO / "packer" / "vars" / "gvisor.json"
+DEBUG_VAR_FILE = REPO / "packer" / "vars" / "gvisor-debug.json"
 MIRROR_URL = "http://127.0.0.1:%s" % os.environ.get("CONTAINERD_GVISOR_MIRROR_PORT", "18080")
 IMAGE_REPOSITORY = "packer-test-node"
 BIN_DIR = "/usr/local/bin"
@@ -47,8 +50,17 @@ REJECTED = {"docker": "docker_image=", "qemu": "qemu_accelerator=bogus"}
 CASES = {
     "gvisor": (JSON_TEMPLATE, VAR_FILE, {}),
     "disabled": (JSON_TEMPLATE, VAR_FILE, {"containerd_gvisor_runtime": "false"}),
-    "pinned": (JSON_TEMPLATE, VAR_FILE, {"containerd_gvisor_version": "20221219"}),
-    "hcl2": (HCL_TEMPLATE, VAR_FILE, {}),
+    # A runsc flag through the extra-vars passthrough too (ptrace is that release's default platform).
+    "pinned": (
+        JSON_TEMPLATE,
+        VAR_FILE,
+        {
+            "containerd_gvisor_version": "20221219",
+            "ansible_extra_vars": json.dumps({"containerd_gvisor_runsc_config": {"platform": "ptrace"}}),
+        },
+    ),
+    # runsc flags through the extra-vars passthrough (containerd_gvisor_runsc_config).
+    "hcl2-debug": (HCL_TEMPLATE, DEBUG_VAR_FILE, {}),
 }
 
 
@@ -89,6 +101,12 @@ class Node:
     @property
     def version(self):
         return self.variables["containerd_gvisor_version"]
+
+    @property
+    def runsc_config(self):
+        """The runsc flags the build set through ansible_extra_vars (the role writes them as strings)."""
+        extra_vars = json.loads(self.variables.get("ansible_extra_vars", "{}"))
+        return {key: str(value).lower() for key, value in extra_vars.get("containerd_gvisor_runsc_config", {}).items()}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -181,6 +199,33 @@ def test_dmesg_in_a_sandbox_shows_the_gvisor_banner(node):
         pytest.skip("built without gVisor")
     argv = [f"{BIN_DIR}/runsc", *sandbox_flags(node.host, RUNSC_TOML), "do", "dmesg"]
     assert_gvisor_banner(node.host.check_output(shell(*argv)))
+
+
+def test_runsc_toml_holds_the_flags_the_build_asked_for(node):
+    if not node.gvisor:
+        pytest.skip("built without gVisor")
+    # Written only when there is something to say: the default ansible_extra_vars "{}" adds nothing.
+    flags = node_toml(node.host, RUNSC_TOML)["runsc_config"] if node.host.file(RUNSC_TOML).exists else {}
+    expected = dict(node.runsc_config)
+    runc = handler_table(node_toml(node.host, CONFIG), "runc") or {}
+    if runc.get("options", {}).get("SystemdCgroup"):
+        expected["systemd-cgroup"] = "true"
+    assert flags == expected
+    if flags:
+        # containerd's shim reads the flags from the file the handler names.
+        table = handler_table(node_toml(node.host, CONFIG), HANDLER)
+        assert table["options"]["ConfigPath"] == RUNSC_TOML
+
+
+def test_a_sandbox_writes_the_debug_log_the_flags_ask_for(node):
+    if "debug-log" not in node.runsc_config:
+        pytest.skip("built without a runsc debug log")
+    log_dir = node.runsc_config["debug-log"]
+    before = set(node.host.check_output("find %s -type f 2>/dev/null || true", log_dir).split())
+    argv = [f"{BIN_DIR}/runsc", *sandbox_flags(node.host, RUNSC_TOML), "do", "true"]
+    node.host.check_output(shell(*argv))
+    after = set(node.host.check_output("find %s -type f", log_dir).split())
+    assert after - before, f"runsc wrote no debug log into {log_dir}"
 
 
 def test_image_built_with_the_string_false_has_no_gvisor(node):

@@ -36,12 +36,22 @@ PLUGINS_PATH = PACKER / "plugins.pkr.hcl"
 TEMPLATE = json.loads(JSON_PATH.read_text())
 GVISOR_DEFAULTS = yaml.safe_load((REPO / "roles" / "containerd_gvisor" / "defaults" / "main.yml").read_text())
 PASSED = ["containerd_gvisor_runtime", "containerd_gvisor_version", "containerd_gvisor_mirror_url"]
+EXTRA_VARS = "ansible_extra_vars"
 
-# Values for every variable the provisioner hands to Ansible, none of them a default.
+# Values for every variable the provisioner hands to Ansible, none of them a default; the extra vars
+# set nested values and a variable the first three arguments also set.
 SET_VARIABLES = {
     "containerd_gvisor_runtime": "true",
     "containerd_gvisor_version": "20221219",
     "containerd_gvisor_mirror_url": "http://127.0.0.1:18080",
+    EXTRA_VARS: json.dumps(
+        {
+            "containerd_gvisor_runsc_config": {"debug": "true", "debug-log": "/var/log/runsc/"},
+            "containerd_gvisor_checksums": {"runsc": "0" * 128},
+            "containerd_gvisor_bin_dir": "/opt/bin",
+            "containerd_gvisor_version": "20240729",
+        }
+    ),
 }
 
 
@@ -272,15 +282,17 @@ def test_template_default_is_the_roles_default(template, name):
 def test_every_gvisor_variable_reaches_ansible(template):
     args = ansible_provisioner(TEMPLATES[template])["extra_arguments"]
     values = [args[i + 1] for i, arg in enumerate(args) if arg == "--extra-vars"]
-    passed = dict(value.split("=", 1) for value in values)
+    # The three role variables as name=value, then the free-form JSON object on its own, last.
+    passed = dict(value.split("=", 1) for value in values[:-1])
     assert passed == {name: "{{user `%s`}}" % name for name in PASSED}
+    assert values[-1] == "{{user `%s`}}" % EXTRA_VARS
     variables = TEMPLATES[template]["variables"]
     assert {n for n in variables if n.startswith("containerd_gvisor_")} == set(PASSED)
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
 @pytest.mark.parametrize("case", ["defaults", "set"])
-def test_ansible_gets_the_variables(monkeypatch, template, case):
+def test_ansible_gets_the_variables_and_extra_vars(monkeypatch, template, case):
     variables = SET_VARIABLES if case == "set" else {}
     if template == "node.pkr.hcl":
         # Packer evaluates the provisioner's arguments itself.
@@ -288,7 +300,12 @@ def test_ansible_gets_the_variables(monkeypatch, template, case):
     else:
         args = render_json_arguments(variables)
     values = TEMPLATE["variables"] | variables
-    assert ansible_reads(monkeypatch, args) == {name: values[name] for name in PASSED}
+    expected = {name: values[name] for name in PASSED} | json.loads(values[EXTRA_VARS])
+    # The default "{}" adds nothing; a JSON object keeps its nesting and, passed last, wins.
+    assert ansible_reads(monkeypatch, args) == expected
+    if case == "set":
+        assert expected["containerd_gvisor_version"] == "20240729"
+        assert expected["containerd_gvisor_runsc_config"]["debug-log"] == "/var/log/runsc/"
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -336,3 +353,4 @@ def test_example_var_files_ask_for_gvisor_as_a_string(var_file):
     assert all(isinstance(value, str) for value in example.values())
     assert example["containerd_gvisor_runtime"] == "true"
     assert re.fullmatch(r"latest|[0-9]{8}(\.[0-9]+)?", example["containerd_gvisor_version"])
+    assert isinstance(json.loads(example.get(EXTRA_VARS, "{}")), dict)
