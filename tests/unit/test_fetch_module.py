@@ -196,7 +196,7 @@ def test_concurrent_runs_for_one_dest_fetch_it_once(mirror, tmp_path):
     seen = len(mirror.requests())
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: fetch(mirror, ARCHIVE, dest=str(dest), sha512=DIGEST), range(4)))
-    assert all(rc == 0 for rc, _ in results)
-    assert sum(1 for _, r in results if r.get("cached")) == 3
+    assert all(rc == 0 for rc, _result in results)
+    assert sum(1 for _rc, r in results if r.get("cached")) == 3
     assert [r["path"] for r in mirror.requests()[seen:]] == [ARCHIVE]
     assert sorted(os.listdir(tmp_path)) == ["gvisor.tar.bz2"]

@@ -387,7 +387,7 @@ def test_concurrent_runs_do_not_corrupt_the_install(node):
     args = {"bin_dir": str(node.bin_dir), "state_file": str(node.state_file), "release": release,
             "staging_dir": str(node.staging(release["version"]))}
     runs = []
-    for _ in range(4):
+    for _run in range(4):
         handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=node.root)
         json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
         handle.close()
