@@ -72,7 +72,7 @@ class Play:
     def result(self, name):
         """The result of the last task run with this name."""
         found = [result for task, result in self.results() if task == name]
-        assert found, f"no task {name!r} ran: {[task for task, _ in self.results()]}"
+        assert found, f"no task {name!r} ran: {[task for task, _result in self.results()]}"
         return found[-1]
 
     @property

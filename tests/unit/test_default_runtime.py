@@ -27,7 +27,7 @@ def dig(data, keys):
 
 def merge(text, defaults, **kwargs):
     return filters.containerd_gvisor_merge_config(text, "/etc/containerd/config.toml", "gvisor",
-                                                   defaults=defaults, **kwargs)
+                                                  defaults=defaults, **kwargs)
 
 
 def test_debian_packaged_config_gets_containerds_own_runc_table():

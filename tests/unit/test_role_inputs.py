@@ -22,7 +22,7 @@ def test_defaults_and_argument_specs_agree(role):
     defaults = load(REPO / "roles" / role / "defaults" / "main.yml")
     entry_points = load(REPO / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"].values()
     options = [(name, spec) for entry in entry_points for name, spec in entry["options"].items()]
-    assert set(defaults) == {name for name, _ in options}, "a variable is in one file only"
+    assert set(defaults) == {name for name, _spec in options}, "a variable is in one file only"
     for name, spec in options:
         # A required option has no default to document; defaults/main.yml holds a placeholder.
         if not spec.get("required"):
