@@ -40,7 +40,7 @@ for top in sys.argv[1:]:
                 files[path] = hashlib.sha512(handle.read()).hexdigest()
 show = subprocess.run(["systemctl", "show", "containerd", "-p", "MainPID", "-p", "ActiveEnterTimestamp",
                        "-p", "ActiveState"], capture_output=True, text=True).stdout
-print(json.dumps({"files": files, "staging": sorted(glob.glob("/tmp/containerd-gvisor.*")),
+print(json.dumps({"files": files, "staging": sorted(glob.glob("/var/tmp/containerd-gvisor-staging-*")),
                   "containerd": dict(line.split("=", 1) for line in show.splitlines() if "=" in line)}))
 """
 
@@ -139,10 +139,10 @@ class Node:
         return self.finish(self.start_play(**overrides))
 
 
-def start_node(name, image, initial_config=None):
+def start_node(name, image, initial_config=None, devices=()):
     """Start a systemd node container as tests/harness/try-node does (no privileged mode, the host's
     cgroup v1 tree as bookworm and trixie need it) and wait for it to boot; with initial_config,
-    containerd restarts with that config.toml."""
+    containerd restarts with that config.toml. devices are the host's device nodes it gets."""
     capabilities = [line.strip() for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
@@ -150,6 +150,7 @@ def start_node(name, image, initial_config=None):
                     *[arg for cap in capabilities for arg in ("--cap-add", cap)],
                     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                     "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                    *[arg for device in devices for arg in ("--device", device)],
                     image, "/lib/systemd/systemd"], capture_output=True, text=True, check=True)
     node = Node(name)
     deadline = time.monotonic() + 60

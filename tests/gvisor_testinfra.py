@@ -133,9 +133,10 @@ def runsc_flags(host, runsc_toml):
 
 
 def sandbox_flags(host, runsc_toml):
-    """Flags for starting a sandbox by hand: the node's runsc.toml flags, as the shim passes
-    them, plus no network (runsc refuses the host's network namespace in a test container)."""
-    return runsc_flags(host, runsc_toml) + ["--network=none"]
+    """Flags for starting a sandbox by hand: the node's runsc.toml flags, as the shim passes them,
+    but no network (runsc refuses the host's network namespace in a test container) and no
+    systemd-cgroup (it reads the slice:prefix:name cgroup paths only the CRI plugin gives)."""
+    return [flag for flag in runsc_flags(host, runsc_toml) if not flag.startswith("--systemd-cgroup=")] + ["--network=none"]
 
 
 def dmesg_lines(output):

@@ -10,6 +10,7 @@ auth, headers, proxies, checksum checks) is the builtins' own.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -22,6 +23,9 @@ def reason(result, timeout):
     status = result.get("status", result.get("status_code"))
     if "timed out" in msg:
         return f"no answer within {timeout} s"
+    cut = re.search(r"Incomplete read.*cl=(\d+), st.st_size=(\d+)", msg)
+    if cut:
+        return f"the body was cut off after {cut.group(2)} of {cut.group(1)} bytes"
     if isinstance(status, int) and status >= 400:
         text = re.search(r"HTTP Error \d+: (.*)", str(result.get("response", msg)))
         return f"HTTP {status} {text.group(1) if text else ''}".strip()
@@ -45,12 +49,16 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         tries, delay = int(args.pop("tries", 4)), float(args.pop("delay", 3))
         module = "ansible.builtin.get_url" if "dest" in args else "ansible.builtin.uri"
+        if "dest" in args and not self._task.check_mode:
+            # get_url downloads before it finds that dest's directory is missing.
+            directory = os.path.dirname(os.path.expanduser(args["dest"]))
+            if self._connection.transport == "local":
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            else:
+                self._execute_module(module_name="ansible.builtin.file", task_vars=task_vars,
+                                     module_args={"path": directory, "state": "directory", "mode": "0700"})
         for attempt in range(1, tries + 1):
             result = self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
-            if "dest" in args and re.match(r"Destination .* does not exist", str(result.get("msg", ""))):
-                self._execute_module(module_name="ansible.builtin.file", task_vars=task_vars, module_args={
-                    "path": args["dest"].rsplit("/", 1)[0], "state": "directory", "mode": "0700"})
-                result = self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
             if not result.get("failed") or not transient(result) or attempt == tries:
                 break
             time.sleep(min(delay * 2 ** (attempt - 1), 60))

@@ -357,7 +357,9 @@ def present(module, result):
                     run = start_sandbox(command, params["timeout"])
                     result["smoke"].append(run)
                     if run["rc"] != 0 or "Starting gVisor" not in run["stdout"]:
-                        said = " | ".join(run["stderr"].strip().splitlines()[-3:]) or run["stdout"].strip() or "no output"
+                        # runsc's last words, without the usage text it prints after a bad flag
+                        said = " | ".join(run["stderr"].split("Usage:")[0].strip().splitlines()[-3:])
+                        said = said or run["stdout"].strip() or "no output"
                         raise Refusal(f"a gVisor sandbox did not start with runtime handler {run['name']} "
                                       f"({' '.join(run['argv'])}): {said}")
             except BaseException:
