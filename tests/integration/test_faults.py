@@ -336,6 +336,36 @@ def test_upgrade_downgrade_and_latest_moving_install_the_right_files(node, mirro
         point_latest(mirror.root, f"{BASELINE}.0")
 
 
+# --- several handlers --------------------------------------------------------------------------------
+
+
+TWO_HANDLERS = [
+    {"name": "gvisor", "runsc_config_path": RUNSC_TOML},
+    {"name": "gvisor-debug", "runsc_config_path": "/etc/containerd/runsc-debug.toml",
+     "runsc_config": {"debug": True, "debug-log": "/var/log/runsc/%ID%/"},
+     "shim_config": {"log_level": "debug", "log_path": "/var/log/runsc/%ID%/shim.log"}},
+]
+
+
+def test_a_handler_taken_off_the_list_leaves_containerd_and_the_other_stays(node):
+    ensure_release(node, BASELINE)
+    play = node.play(containerd_gvisor_handlers=TWO_HANDLERS)
+    assert play.ok, play
+    assert effective_runtime_type(node, "gvisor-debug") == RUNTIME_TYPE
+    assert tomllib.loads(node.read("/etc/containerd/runsc-debug.toml").decode())["log_level"] == "debug"
+    smoke = play.result("Install the release, write the configuration and start a gVisor sandbox")["smoke"]
+    assert [run["name"] for run in smoke] == ["gvisor", "gvisor-debug"]
+
+    play = node.play(containerd_gvisor_handlers=TWO_HANDLERS[:1])
+    assert play.ok and play.changed, play
+    assert effective_runtime_type(node, "gvisor-debug") is None
+    assert effective_runtime_type(node, "gvisor") == RUNTIME_TYPE
+    assert node.read("/etc/containerd/runsc-debug.toml") is None
+    config = tomllib.loads(node.read(CONFIG).decode())
+    assert handler_table(config, "gvisor-debug") is None and handler_table(config, "gvisor") is not None
+    assert_cri_ok(node)
+
+
 # --- removal and concurrency -------------------------------------------------------------------------
 
 

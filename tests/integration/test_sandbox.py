@@ -99,6 +99,17 @@ def test_kvm_on_a_node_without_dev_kvm_is_refused_before_any_change(node):
     assert node.snapshot() == before
 
 
+def test_a_gpu_handler_on_a_node_without_the_nvidia_devices_is_refused_before_any_change(node):
+    before = node.snapshot()
+    handlers = [{"name": "gvisor", "runsc_config_path": RUNSC_TOML},
+                {"name": "gvisor-gpu", "runsc_config_path": "/etc/containerd/runsc-gpu.toml", "runsc_config": {"nvproxy": True}}]
+    play = node.play(containerd_gvisor_version=COMPATIBLE, containerd_gvisor_handlers=handlers)
+
+    assert not play.ok
+    assert "A handler uses nvproxy (GPU), but /dev/nvidiactl, /dev/nvidia-uvm, /dev/nvidia0 are missing" in play.message
+    assert node.snapshot() == before
+
+
 def test_kvm_that_does_not_work_is_caught_by_the_smoke_test_and_rolled_back(kvm_node):
     assert kvm_node.play(containerd_gvisor_version=COMPATIBLE).ok  # systrap, working
     before = kvm_node.snapshot()

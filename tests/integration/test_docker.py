@@ -1,0 +1,107 @@
+"""Docker Engine: gVisor registered in daemon.json (merged, never clobbered) and proven with docker run.
+
+One trixie node container with Debian's docker.io (tests/harness/build-images trixie-docker), whose
+Docker the test configures for a container (no bridge, no iptables, the vfs storage driver) and
+starts, with a busybox image imported from the node's own busybox-static: there is no registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from gvisor_node import ARCH, remove_node, start_node
+from gvisor_testinfra import assert_gvisor_banner
+
+IMAGE = "containerd-gvisor-node:trixie-docker"
+DAEMON_JSON = "/etc/docker/daemon.json"
+# What the node's Docker needs inside a container; the role must keep every key of it.
+SETTINGS = {"bridge": "none", "iptables": False, "ip-masq": False, "storage-driver": "vfs", "log-level": "warn"}
+
+
+def docker_pid(node):
+    return node.sh("systemctl show docker -p MainPID --value").strip()
+
+
+@pytest.fixture(scope="module")
+def node(mirror, tmp_path_factory):
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
+        pytest.fail(f"no {IMAGE} image: run tests/harness/build-images trixie-docker")
+    node = start_node("docker-trixie", IMAGE)
+    node.write(DAEMON_JSON, json.dumps(SETTINGS).encode())
+    node.sh("systemctl enable --now docker.socket docker.service && until docker info >/dev/null 2>&1; do sleep 1; done")
+    node.sh("mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && ln -sf busybox /tmp/bb/bin/dmesg"
+            " && tar -C /tmp/bb -c . | docker import - local/busybox >/dev/null")
+    node.vars.update({
+        "containerd_gvisor_runtime": True, "containerd_gvisor_mirror_url": mirror.url, "containerd_gvisor_arch": ARCH,
+        "containerd_gvisor_version": "latest", "containerd_gvisor_download_delay": 1,
+        "containerd_gvisor_download_cache_dir": str(tmp_path_factory.mktemp("cache")),
+        "containerd_gvisor_docker": True, "containerd_gvisor_docker_smoke_image": "local/busybox",
+        # runsc refuses the host's network namespace, which these node containers share.
+        "containerd_gvisor_runsc_config": {"network": "none"},
+    })
+    yield node
+    if not os.environ.get("CONTAINERD_GVISOR_KEEP_NODE"):
+        remove_node(node.name)
+
+
+def test_runsc_is_merged_into_daemon_json_and_docker_runs_a_gvisor_sandbox(node):
+    pid = docker_pid(node)
+    play = node.play()
+
+    assert play.ok, play
+    config = json.loads(node.read(DAEMON_JSON))
+    assert config == {**SETTINGS, "runtimes": {"runsc": {"path": "/usr/local/bin/runsc", "runtimeArgs": ["--platform=systrap", "--network=none"]}}}
+    assert docker_pid(node) != pid  # restarted, since the file changed
+    assert play.result("Start a gVisor sandbox through Docker")["rc"] == 0  # the role's own proof
+    assert_gvisor_banner(node.sh("docker run --rm --pull=never --runtime=runsc --network=none local/busybox dmesg"))
+
+
+def test_a_run_that_changes_nothing_leaves_docker_running(node):
+    pid = docker_pid(node)
+    play = node.play()
+    assert play.ok and play.changed == 0, play
+    assert docker_pid(node) == pid
+
+
+def test_invalid_json_is_refused_before_any_change(node):
+    good = node.read(DAEMON_JSON)
+    broken = good.rstrip()[:-1]  # the closing brace gone
+    node.write(DAEMON_JSON, broken)
+    try:
+        before, pid = node.snapshot(), docker_pid(node)
+        play = node.play(containerd_gvisor_runsc_config={"debug": True})
+
+        assert not play.ok
+        assert f"{DAEMON_JSON} is not valid JSON" in play.message
+        assert node.snapshot() == before and docker_pid(node) == pid
+        assert node.read(DAEMON_JSON) == broken
+    finally:
+        node.write(DAEMON_JSON, good)
+
+
+def test_a_missing_daemon_json_is_created_and_a_stopped_docker_left_stopped(node):
+    saved = node.read(DAEMON_JSON)
+    node.sh("systemctl stop docker.socket docker.service")
+    node.sh(f"rm {DAEMON_JSON}")
+    try:
+        play = node.play()
+        assert play.ok, play
+        assert json.loads(node.read(DAEMON_JSON)) == {
+            "runtimes": {"runsc": {"path": "/usr/local/bin/runsc", "runtimeArgs": ["--platform=systrap", "--network=none"]}}}
+        assert node.sh("systemctl is-active docker", check=False).strip() != "active"
+    finally:
+        node.write(DAEMON_JSON, saved)
+        node.sh("systemctl start docker.socket docker.service && until docker info >/dev/null 2>&1; do sleep 1; done")
+
+
+def test_removal_takes_only_the_runtime_out(node):
+    pid = docker_pid(node)
+    play = node.play(containerd_gvisor_state="absent")
+    assert play.ok, play
+    assert json.loads(node.read(DAEMON_JSON)) == SETTINGS
+    assert docker_pid(node) != pid
+    assert "runsc" not in node.sh("docker info --format '{{json .Runtimes}}'")
