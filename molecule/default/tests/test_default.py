@@ -1,9 +1,13 @@
 """What a user checks on a node after converging playbooks/gvisor.yml against the test mirror."""
 
 import json
+import os
 import tomllib
+from pathlib import Path
 
+import kubernetes_validate
 import pytest
+import yaml
 
 from gvisor_testinfra import (
     REPO,
@@ -156,6 +160,17 @@ def test_containerd_starts_a_gvisor_sandbox(host, node):
         shell("ctr", "run", "--rm", "--runtime", "io.containerd.runc.v2", "--runc-binary", wrapper,
               "--rootfs", rootfs, "gvisor-dmesg-test", "/bin/dmesg"))
     assert_gvisor_banner(out)
+
+
+def test_a_valid_runtimeclass_was_written_for_each_handler(node):
+    directory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "runtimeclasses"
+    for handler in node["handlers"]:
+        manifest = yaml.safe_load((directory / f"runtimeclass-{handler['name']}.yaml").read_text())
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+        assert manifest["handler"] == handler["name"]
+        assert manifest["scheduling"]["nodeSelector"] == {"sandbox.gvisor.dev/runtime": "gvisor"}
+        assert manifest["scheduling"]["tolerations"][0]["effect"] == "NoSchedule"
+        assert manifest["overhead"]["podFixed"] == {"cpu": "250m", "memory": "64Mi"}
 
 
 def test_install_record_names_the_release(host, node):
