@@ -50,6 +50,7 @@ class Play:
 
     def __init__(self, node, rc, stdout, stderr):
         self.node, self.rc = node, rc
+        self.stdout, self.stderr = stdout, stderr  # as ansible-playbook printed them
         try:
             self.data = json.loads(stdout)
         except json.JSONDecodeError:
@@ -121,12 +122,15 @@ class Node:
     def containerd_active(self):
         return self.sh("systemctl is-active containerd", check=False).strip() == "active"
 
-    def start_play(self, **overrides):
-        """Start playbooks/gvisor.yml against the node with the node's variables plus overrides."""
+    def start_play(self, *, ansible_args=(), ansible_env=None, **overrides):
+        """Start playbooks/gvisor.yml against the node with the node's variables plus overrides.
+        ansible_args go to ansible-playbook before the playbook (e.g. "-vvv"); ansible_env is
+        added to its environment (e.g. ANSIBLE_LOG_PATH)."""
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_PIPELINING="1",
                    ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+        env.update(ansible_env or {})
         argv = [str(ANSIBLE_PLAYBOOK), "-i", f"{self.name},", "-c", "community.docker.docker",
-                "-e", json.dumps({**self.vars, **overrides}), str(PLAYBOOK)]
+                "-e", json.dumps({**self.vars, **overrides}), *ansible_args, str(PLAYBOOK)]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def finish(self, proc):
@@ -134,9 +138,9 @@ class Node:
         stdout, stderr = proc.communicate(timeout=600)
         return Play(self.name, proc.returncode, stdout, stderr)
 
-    def play(self, **overrides):
+    def play(self, *, ansible_args=(), ansible_env=None, **overrides):
         """Run the role and return the finished Play."""
-        return self.finish(self.start_play(**overrides))
+        return self.finish(self.start_play(ansible_args=ansible_args, ansible_env=ansible_env, **overrides))
 
 
 def start_node(name, image, initial_config=None, devices=()):

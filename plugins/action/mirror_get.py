@@ -17,10 +17,23 @@ import time
 from ansible.plugins.action import ActionBase
 
 
-def reason(result, timeout):
-    """Say in a few words why a request failed."""
+CERTIFICATE = re.compile(r"\[SSL: CERTIFICATE_VERIFY_FAILED\] ([^(>]*)")
+
+
+def reason(result, timeout, username="", where="the machine that downloads"):
+    """Say in a few words why a request failed, and for a refusal what to set."""
     msg = str(result.get("msg", ""))
     status = result.get("status", result.get("status_code"))
+    cert = CERTIFICATE.search(msg)
+    if cert:
+        return (f"the mirror's TLS certificate could not be verified on {where} ({cert.group(1).strip()}): set "
+                "containerd_gvisor_ca_path to the CA bundle that signed it, a file on the machine that downloads "
+                "(see containerd_gvisor_download_mode); containerd_gvisor_validate_certs: false is for test mirrors only")
+    if status in (401, 403):
+        text = "HTTP 401 Unauthorized" if status == 401 else "HTTP 403 Forbidden"
+        given = f"it refused user '{username}'" if username else "none were given"
+        return (f"{text}: the mirror wants basic auth credentials, and {given}; set containerd_gvisor_url_username "
+                "and containerd_gvisor_url_password (or containerd_gvisor_headers for a token)")
     if "timed out" in msg:
         return f"no answer within {timeout} s"
     cut = re.search(r"Incomplete read.*cl=(\d+), st.st_size=(\d+)", msg)
@@ -37,6 +50,8 @@ def transient(result):
     status = result.get("status", result.get("status_code"))
     if isinstance(status, int) and (status in (408, 429) or status >= 500):
         return True
+    if CERTIFICATE.search(str(result.get("msg", ""))):
+        return False
     return bool(re.search(r"timed out|Incomplete read|Connection (failure|refused|reset)|Request failed: <urlopen",
                           str(result.get("msg", ""))))
 
@@ -49,6 +64,28 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         tries, delay = int(args.pop("tries", 4)), float(args.pop("delay", 3))
         module = "ansible.builtin.get_url" if "dest" in args else "ansible.builtin.uri"
+        local = self._connection.transport == "local"
+        where = "the control node" if local else task_vars.get("inventory_hostname", "the node")
+        ca_path = args.get("ca_path")
+        if ca_path:
+            # A CA file that is missing would otherwise read "Connection failure: [Errno 2] No such file or directory".
+            if local:
+                exists = os.path.isfile(os.path.expanduser(ca_path))
+            else:
+                stat = self._execute_module(module_name="ansible.builtin.stat", task_vars=task_vars,
+                                            module_args={"path": ca_path, "get_checksum": False})
+                exists = stat.get("stat", {}).get("isreg", False)
+            if not exists:
+                return {"failed": True, "url": args["url"], "attempts": 0,
+                        "msg": f"GET {args['url']} failed: the CA bundle {ca_path} (containerd_gvisor_ca_path) is not a file "
+                               f"on {where}, the machine that downloads; with containerd_gvisor_download_mode: node it "
+                               "must be on every node"}
+            if module == "ansible.builtin.get_url":
+                # get_url has no ca_path (uri has): OpenSSL reads the bundle SSL_CERT_FILE names instead.
+                args.pop("ca_path")
+                environment = self._task.environment
+                environment = environment if isinstance(environment, list) else [environment] if environment else []
+                self._task.environment = [*environment, {"SSL_CERT_FILE": ca_path}]
         if "dest" in args and not self._task.check_mode:
             # get_url downloads before it finds that dest's directory is missing.
             directory = os.path.dirname(os.path.expanduser(args["dest"]))
@@ -64,7 +101,9 @@ class ActionModule(ActionBase):
             time.sleep(min(delay * 2 ** (attempt - 1), 60))
         result["attempts"] = attempt
         if result.get("failed"):
-            result["reason"] = reason(result, args.get("timeout", 10))
+            result["reason"] = reason(result, args.get("timeout", 10), args.get("url_username") or "", where)
             if transient(result):
                 result["msg"] = f"GET {args['url']} failed: {result['reason']} (gave up after {attempt} tries)"
+            elif CERTIFICATE.search(str(result.get("msg", ""))) or result.get("status") in (401, 403):
+                result["msg"] = f"GET {args['url']} failed: {result['reason']}"
         return result

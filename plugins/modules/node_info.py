@@ -86,6 +86,10 @@ config_default:
   description: The output of C(containerd config default), empty unless asked for.
   returned: always
   type: str
+config_newer:
+  description: Whether the configuration file changed after the running containerd started (a restart is pending).
+  returned: always
+  type: bool
 services:
   description: Service name to C(true) when systemd runs it; empty when systemd does not run the system.
   returned: always
@@ -162,6 +166,19 @@ def cpu_vendor():
     return match.group(1) if match else ""
 
 
+def config_newer(module, systemctl, path):
+    """Whether path changed after containerd's main process started (a run stopped before its restart)."""
+    pid = module.run_command([systemctl, "show", "--property", "MainPID", "--value", "containerd"])[1].strip()
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = int(next(line for line in handle if line.startswith("btime")).split()[1])
+        return os.stat(path).st_mtime > boot + ticks / os.sysconf("SC_CLK_TCK") + 1
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -201,6 +218,7 @@ def main():
         result["handlers"] = {}
     paths = params["files"] + [path for path in result["handlers"].values() if isinstance(path, str)]
     result["files"] = {path: read_file(path) for path in paths}
+    result["config_newer"] = config_newer(module, systemctl, params["config_path"]) if result["services"].get("containerd") else False
     result["record"] = read_record(params["state_dir"])
     result["record_problem"] = record_problem(params["bin_dir"], result["record"])
     runsc = os.path.join(params["bin_dir"], "runsc")

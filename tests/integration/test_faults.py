@@ -336,6 +336,19 @@ def test_upgrade_downgrade_and_latest_moving_install_the_right_files(node, mirro
         point_latest(mirror.root, f"{BASELINE}.0")
 
 
+def test_a_run_stopped_before_restarting_containerd_is_finished_by_the_next(node, installed):
+    # As if a run had written config.toml and stopped (interrupted, or its batch aborted) before the restart.
+    node.sh(f"touch -d '+5 seconds' {CONFIG}")
+    pid = node.snapshot()["containerd"]["MainPID"]
+    play = node.play()
+
+    assert play.ok and play.result("Restart containerd")["changed"], play
+    assert node.snapshot()["containerd"]["MainPID"] != pid
+    assert_cri_ok(node)
+    again = node.play()
+    assert again.ok and again.changed == 0, again
+
+
 # --- several handlers --------------------------------------------------------------------------------
 
 
