@@ -140,7 +140,7 @@ class MirrorServer:
         self.tls = tls or None
         self.ca_file = self.tls.ca if self.tls else None
         if isinstance(auth, str):
-            user, _, password = auth.partition(":")
+            user, _ignored, password = auth.partition(":")
             auth = (user, password)
         self.auth = tuple(auth) if auth else None
         argv = [sys.executable, str(SERVER), "--root", str(self.root), "--port", "0", "--log", str(self.log)]
@@ -204,7 +204,7 @@ def served_bytes(data, kind):
         return data[: len(data) // 2]
     if kind == "corrupt" and data:
         body = bytearray(data)
-        for pos in {0, len(data) // 2, len(data) - 1}:  # first, middle and last byte, flipped
+        for pos in sorted({0, len(data) // 2, len(data) - 1}):  # first, middle and last byte, flipped
             body[pos] ^= 0xFF
         return bytes(body)
     return data

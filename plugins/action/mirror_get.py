@@ -52,7 +52,7 @@ def transient(result):
         return True
     if CERTIFICATE.search(str(result.get("msg", ""))):
         return False
-    return bool(re.search(r"timed out|Incomplete read|Connection (failure|refused|reset)|Request failed: <urlopen",
+    return bool(re.search(r"timed out|Incomplete read|Connection (failure|refused|reset)|Request failed",
                           str(result.get("msg", ""))))
 
 

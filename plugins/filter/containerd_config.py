@@ -298,6 +298,7 @@ def _set_in(data, parts, values):
             node[key] = value
     return result
 
+
 def _verify(result, expected, difference):
     """Require the edited text to parse to exactly the expected data, else refuse with difference."""
     try:
@@ -306,6 +307,7 @@ def _verify(result, expected, difference):
         raise _Refusal(f"the edited text would not be valid TOML ({err})") from None
     if parsed != expected:
         raise _Refusal(difference)
+
 
 def _missing_default_runtime(data, version, defaults_text):
     """Return (name, table) of containerd's default runtime when the config does not define it.
@@ -329,6 +331,7 @@ def _missing_default_runtime(data, version, defaults_text):
     table = (defaults_containerd.get("runtimes") or {}).get(name)
     return (name, table) if isinstance(table, dict) else None
 
+
 def _handler_keys(runtime_type, runtime_path):
     """Return the managed keys of the handler table; a None value means the key must be absent."""
     keys = {"runtime_type": _check_name(runtime_type, "runtime_type")}
@@ -338,6 +341,7 @@ def _handler_keys(runtime_type, runtime_path):
         # An empty runtime_path drops one set before, e.g. for another bin dir.
         keys["runtime_path"] = runtime_path or None
     return keys
+
 
 def _pair(value, indent, style):
     """Return a new value item written on a line of its own."""
@@ -622,7 +626,6 @@ def containerd_gvisor_remove_handler(text, path, handler):
             f"Define {handler_dotted} as a [table] or remove it by hand."
         ) from None
     return result
-
 
 
 # --- 5. what the role calls ---------------------------------------------------------

@@ -15,7 +15,7 @@ description:
   - Tries again what may be transient (no answer, a refused or reset connection, HTTP 408, 429 and 5xx,
     a body cut off before its length), waiting O(delay) seconds before the second try and twice as long
     before each further one, at most 60 s. A failure that is not transient ends it at once.
-author: containerd-gvisor maintainers
+author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   url:
     description: The URL to fetch.

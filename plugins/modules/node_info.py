@@ -19,7 +19,7 @@ description:
     configuration parses (C(containerd config dump)) and its built-in defaults, which services
     run, the contents of the given files, the gVisor install record checked against the files on
     disk, the installed runsc's version and which device nodes exist.
-author: containerd-gvisor maintainers
+author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   config_path:
     description: containerd's configuration file.

@@ -22,7 +22,7 @@ description:
     sha512, after asking the staged runsc for its version and checking O(compatibility)), writes O(files),
     then runs each O(smoke) command; when one does not print gVisor's banner in time, everything is put back.
   - V(committed) drops what was kept aside; V(previous) puts it back; V(absent) removes gVisor and O(files).
-author: containerd-gvisor maintainers
+author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   state:
     description: What to do.
@@ -101,8 +101,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -318,19 +316,11 @@ def write_files(module, files):
         write(path, data, int(str(entry.get("mode") or "0644"), 8))
 
 
-def start_sandbox(command, timeout):
-    """Run one smoke-test command in its own process group; kill the whole group when it takes too long."""
-    result = {"name": command["name"], "argv": command["argv"], "rc": None, "stdout": "", "stderr": ""}
-    with subprocess.Popen(command["argv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
-        try:
-            result["stdout"], result["stderr"] = proc.communicate(timeout=timeout)
-            result["rc"] = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            result["stderr"] = f"timed out after {timeout} s"
-    return result
+def start_sandbox(module, command, timeout):
+    """Run one smoke-test command; coreutils' timeout kills it, and the sandbox it started, when it takes too long."""
+    rc, out, err = module.run_command(["timeout", "--kill-after=5", str(timeout)] + command["argv"])
+    return {"name": command["name"], "argv": command["argv"], "rc": rc, "stdout": out,
+            "stderr": f"timed out after {timeout} s" if rc in (124, 137) else err}
 
 
 def present(module, result):
@@ -354,11 +344,11 @@ def present(module, result):
                         indent=2, sort_keys=True).encode() + b"\n")
                 write_files(module, params["files"])
                 for command in params["smoke"]:
-                    run = start_sandbox(command, params["timeout"])
+                    run = start_sandbox(module, command, params["timeout"])
                     result["smoke"].append(run)
                     if run["rc"] != 0 or "Starting gVisor" not in run["stdout"]:
                         # runsc's last words, without the usage text it prints after a bad flag
-                        said = " | ".join(run["stderr"].split("Usage:")[0].strip().splitlines()[-3:])
+                        said = " | ".join(run["stderr"].split("Usage:", maxsplit=1)[0].strip().splitlines()[-3:])
                         said = said or run["stdout"].strip() or "no output"
                         raise Refusal(f"a gVisor sandbox did not start with runtime handler {run['name']} "
                                       f"({' '.join(run['argv'])}): {said}")

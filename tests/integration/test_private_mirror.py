@@ -55,6 +55,7 @@ for top in sys.argv[1:]:
                         print(path)
 """
 
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("private-mirror")
@@ -285,7 +286,7 @@ def test_validate_certs_false_installs_without_the_ca(node, no_validation_instal
 
 
 def test_the_password_is_written_nowhere(node, private_mirror, work, controller_install, node_install, refusals,
-                                        no_validation_install):
+                                         no_validation_install):
     for name in ("no-ca-controller", "wrong-password"):  # failing runs given the password, and a wrong one
         refusals(name)  # (run already, unless this test runs alone)
     checked = {"controller-install", "node-install", "refused-no-ca-controller", "refused-wrong-password",

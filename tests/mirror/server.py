@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Serve the offline gVisor release mirror on 127.0.0.1, with fault injection.
 
 Usage: server.py --root DIR [--port N] [--log FILE] [--bind 127.0.0.1]
@@ -167,7 +166,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         expected = self.server.credentials
         if expected is None:
             return True
-        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        scheme, _ignored, token = self.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "basic":
             return False
         try:

@@ -93,7 +93,7 @@ def request_(srv, method, path, body=None, headers=None, context=None, host="127
 
 
 def set_faults(srv, faults):
-    status, _, body, _ = request_(srv, "PUT", "/_control/faults", json.dumps(faults))
+    status, _ignored, body, _ignored = request_(srv, "PUT", "/_control/faults", json.dumps(faults))
     assert status == 200, body
     return json.loads(body)
 
@@ -122,14 +122,14 @@ def test_serves_file_with_length(server):
 
 
 def test_follows_symlink_inside_root(server):
-    status, _, body, _ = request_(server, "GET", f"/release/latest/{ARCH}/gvisor.tar.bz2.sha512")
+    status, _ignored, body, _ignored = request_(server, "GET", f"/release/latest/{ARCH}/gvisor.tar.bz2.sha512")
     assert status == 200
     assert body.decode() == f"{hashlib.sha512(PAYLOAD).hexdigest()}  gvisor.tar.bz2\n"
 
 
 def test_head_has_length_and_no_body(server):
     before = len(log_lines(server))
-    status, headers, body, _ = request_(server, "HEAD", URL)
+    status, headers, body, _ignored = request_(server, "HEAD", URL)
     assert (status, body) == (200, b"")
     assert headers["Content-Length"] == str(len(PAYLOAD))
     line = logged_after(server, before)[-1]
@@ -146,7 +146,7 @@ def test_head_has_length_and_no_body(server):
     "/release/latest/../../../secret",
 ])
 def test_404(server, path):
-    status, headers, body, _ = request_(server, "GET", path)
+    status, headers, body, _ignored = request_(server, "GET", path)
     assert status == 404
     assert b"outside" not in body
     assert headers["Content-Length"] == str(len(body))
@@ -159,7 +159,7 @@ def test_other_methods_refused(server):
 def test_control_faults_roundtrip(server):
     assert request_(server, "GET", "/_control/health")[::2] == (200, b"ok")
     set_faults(server, {URL: {"kind": "404"}})
-    _, _, body, _ = request_(server, "GET", "/_control/faults")
+    _ignored, _ignored, body, _ignored = request_(server, "GET", "/_control/faults")
     assert json.loads(body) == {URL: {"kind": "404", "hits": 0}}
     assert request_(server, "DELETE", "/_control/faults")[0] == 200
     assert json.loads(request_(server, "GET", "/_control/faults")[2]) == {}
@@ -182,7 +182,7 @@ def test_fault_404(server):
 
 def test_fault_500_count_then_success(server):
     set_faults(server, {URL: {"kind": "500", "count": 2}})
-    assert [request_(server, "GET", URL)[0] for _ in range(3)] == [500, 500, 200]
+    assert [request_(server, "GET", URL)[0] for _ignored in range(3)] == [500, 500, 200]
     faults = json.loads(request_(server, "GET", "/_control/faults")[2])
     assert faults[URL]["hits"] == 2
 
@@ -190,7 +190,7 @@ def test_fault_500_count_then_success(server):
 def test_fault_stall(server):
     set_faults(server, {URL: {"kind": "stall", "seconds": 1}})
     start = time.monotonic()
-    status, _, body, _ = request_(server, "GET", URL)
+    status, _ignored, body, _ignored = request_(server, "GET", URL)
     assert time.monotonic() - start >= 0.9
     assert (status, body) == (200, PAYLOAD)
 
@@ -216,7 +216,7 @@ def test_fault_corrupt(server):
 def test_fault_bad_sha512(server):
     path = f"/release/latest/{ARCH}/gvisor.tar.bz2.sha512"
     set_faults(server, {path: {"kind": "bad_sha512"}})
-    status, headers, body, _ = request_(server, "GET", path)
+    status, headers, body, _ignored = request_(server, "GET", path)
     assert (status, body) == (200, b"not-a-checksum  gvisor.tar.bz2\n")
     assert headers["Content-Length"] == str(len(body))
 
@@ -240,7 +240,7 @@ def test_log_lines(server):
 def test_refuses_other_bind_address(mirror):
     result = subprocess.run(
         [sys.executable, SERVER, "--root", str(mirror / "root"), "--port", "0",
-         "--bind", "0.0.0.0"], capture_output=True, text=True, timeout=10)
+         "--bind", "0.0.0.0"], capture_output=True, text=True, timeout=10, check=False)
     assert result.returncode != 0
     assert "127.0.0.1" in result.stderr
 
@@ -334,7 +334,7 @@ def test_https_is_refused_without_the_test_ca(https_server, tls):
 def test_https_carries_faults_and_their_control(https_server, tls):
     https_server.set_faults({URL: {"kind": "truncate", "count": 1}})
     try:
-        status, _, body, complete = request_(https_server, "GET", URL, context=tls.client_context())
+        status, _ignored, body, complete = request_(https_server, "GET", URL, context=tls.client_context())
         assert (status, complete, len(body)) == (200, False, len(PAYLOAD) // 2)
         assert https_server.faults()[URL]["hits"] == 1
         assert request_(https_server, "GET", URL, context=tls.client_context())[2] == PAYLOAD
@@ -352,7 +352,7 @@ def test_https_carries_faults_and_their_control(https_server, tls):
 ], ids=["none", "wrong-password", "wrong-user", "prefix", "garbage", "other-scheme"])
 def test_401_without_the_right_credentials(auth_server, headers):
     for method in ("GET", "HEAD"):
-        status, answer, body, _ = request_(auth_server, method, URL, headers=headers)
+        status, answer, body, _ignored = request_(auth_server, method, URL, headers=headers)
         assert status == 401
         assert answer["WWW-Authenticate"] == REALM
         assert answer["Content-Length"] == str(len(b"authentication required\n"))
@@ -364,9 +364,9 @@ def test_401_without_the_right_credentials(auth_server, headers):
 
 
 def test_200_with_the_credentials(auth_server):
-    status, _, body, complete = request_(auth_server, "GET", URL, headers=basic(USER, PASSWORD))
+    status, _ignored, body, complete = request_(auth_server, "GET", URL, headers=basic(USER, PASSWORD))
     assert (status, body, complete) == (200, PAYLOAD, True)
-    status, _, body, _ = request_(auth_server, "GET", "/release/missing", headers=basic(USER, PASSWORD))
+    status, _ignored, body, _ignored = request_(auth_server, "GET", "/release/missing", headers=basic(USER, PASSWORD))
     assert status == 404
     # Scheme names are case-insensitive (RFC 7617).
     lower = {"Authorization": basic(USER, PASSWORD)["Authorization"].replace("Basic", "basic")}

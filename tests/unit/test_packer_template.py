@@ -113,7 +113,7 @@ class HclReader:
         """Attributes {name: expression} and blocks [(type, labels, body)] up to the closing token."""
         attributes, blocks = {}, []
         while self.peek()[1] != closing:
-            _, name = self.take()
+            _ignored, name = self.take()
             if self.peek()[1] == "=":
                 self.take("=")
                 attributes[name] = self.expression()
@@ -177,9 +177,9 @@ def reference(name, hcl_locals):
 
 def read_hcl_template():
     """node.pkr.hcl in node.json's shape: variables, builders, provisioners, post-processors."""
-    _, blocks = HclReader(HCL_PATH.read_text()).body("")
+    _ignored, blocks = HclReader(HCL_PATH.read_text()).body("")
     hcl_locals = {}
-    for block_type, _, (attributes, _) in blocks:
+    for block_type, _ignored, (attributes, _ignored) in blocks:
         if block_type == "locals":
             hcl_locals |= attributes
     variables, sources, builds = {}, {}, []
@@ -199,7 +199,7 @@ def read_hcl_template():
     builders = [sources[ref] for ref in as_json_template(build_attributes["sources"], hcl_locals)]
     names = {"%s.%s" % (b["type"], b["name"]): b["name"] for b in builders}
     steps = {"provisioner": [], "post-processor": []}
-    for block_type, labels, (attributes, _) in build_blocks:
+    for block_type, labels, (attributes, _ignored) in build_blocks:
         step = {"type": labels[0], **{key: as_json_template(value, hcl_locals) for key, value in attributes.items()}}
         for key in ("only", "except"):
             if key in step:
