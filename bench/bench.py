@@ -1,49 +1,92 @@
-"""Benchmark: what a converge costs on 1, 4 and 8 nodes, per download mode.
+"""Benchmark: this role against kubernetes-sigs/image-builder's gVisor tasks, and converge cost by fleet size.
 
-For each download mode and fleet size it starts that many node containers, runs
-playbooks/gvisor.yml three times against the local test mirror and records:
-  - first:     a first converge (gVisor not installed yet),
-  - no change: a second converge with the same inputs,
-  - pinned:    a no-change converge with the release's checksums pinned,
-each run's wall time, the requests and bytes the mirror served (from its own access log),
-and where the time went (task wall times, grouped). It writes docs/bench.md, docs/bench.json
-and docs/bench.png. A benchmark, not a test: it asserts nothing.
+Peer comparison (paired, one node): for each of --pairs pairs it starts two fresh node containers
+from the same bookworm image, and runs on one this role (playbooks/gvisor.yml, default settings:
+controller download mode, smoke test on change) and on the other the peer's tasks that install
+gVisor, both against the same loopback mirror and the same dated release:
+  - first:     a first converge (gVisor not installed),
+  - no change: the same converge again.
+Which side goes first alternates from pair to pair; a warm-up pair that is not recorded runs first.
+Every run is the whole `ansible-playbook` process, timed from start to exit.
 
-    bench/run [--sizes 1,4,8] [--modes controller,node]
+The peer's tasks are read at run time from the image-builder checkout given with --peer (a
+checkout) or --peer-git-dir (a git directory, bare or not, at --peer-rev): the get_url loop that
+downloads runsc and containerd-shim-runsc-v1 from gVisor's bucket and the `runsc install` command
+task, picked by what they do, not by name. Only the bucket URL is rewritten (to the local mirror);
+they get the variables they need (containerd_gvisor_version, sysusr_prefix=/usr/local,
+containerd_gvisor_runtime=true) and run in a temporary playbook that gathers facts and becomes root
+as image-builder's node.yml play does. Nothing of the peer is written into this repository.
+
+Fleet (optional, --fleet-sizes): for each download mode and fleet size, that many node containers
+and three runs of this role (first, no change, pinned: no change with containerd_gvisor_checksums
+set), with the requests and bytes the mirror served.
+
+Every run also records, from bench/callback_plugins/bench_timer.py, each task's wall time and
+how many tasks reached the node (not skipped, not run on the control node): the round trips.
+Writes docs/bench.md, docs/bench.json and docs/bench.png. A benchmark, not a test: it asserts nothing.
+
+    bench/run --peer-git-dir /path/to/image-builder/.git [--pairs 5] [--fleet-sizes 1,4]
+    bench/run --peer /path/to/image-builder [--no-fleet]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime
 import hashlib
 import json
 import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from gvisor_mirror import MirrorServer  # noqa: E402
-from gvisor_node import ANSIBLE_PLAYBOOK, PLAYBOOK, remove_node, start_node  # noqa: E402
-from gvisor_testinfra import mirror_dir, release_dir  # noqa: E402
+from gvisor_node import ANSIBLE_PLAYBOOK, remove_node, start_node  # noqa: E402
+from gvisor_testinfra import SHIM, mirror_dir, release_dir  # noqa: E402
 
 IMAGE = "containerd-gvisor-node:bookworm"
+# What this role's runs use: a copy of the collection taken when the bench starts (so edits made in the
+# working tree during a run do not change what is measured), and the node image's ID resolved then.
+SNAPSHOT_PATHS = ("ansible.cfg", "galaxy.yml", "meta", "plugins", "roles", "playbooks", "requirements.txt")
+CURRENT = {"root": REPO, "image": IMAGE}
 DOCS = REPO / "docs"
-RUNS = ("first", "no change", "pinned")
-# Task name fragments -> where the time goes. Tasks that match none are "checks and other".
+ARCH = platform.machine()
+# gVisor's public release bucket: the peer's tasks name it; it is the one thing rewritten in them.
+BUCKET = "https://storage.googleapis.com/gvisor/releases"
+PEER_TASKS = "images/capi/ansible/roles/containerd/tasks/main.yml"
+PEER_PLAY = "images/capi/ansible/node.yml"
+PEER_VARS = {"sysusr_prefix": "/usr/local", "containerd_gvisor_runtime": True}
+# The peer's tasks by what they do, as this benchmark names them (none of the peer's text is kept).
+PEER_LABELS = {
+    "gather": "gather facts (setup)",
+    "download": "download loop (get_url: runsc, shim)",
+    "install": "runsc install (command)",
+}
+LOOSE = ("runsc", SHIM)
+RUNS = ("first", "no change")
+FLEET_RUNS = ("first", "no change", "pinned")
+OVERHEAD = "\0overhead"  # a run's wall time outside every task
+TARGETS = {"first": 2.0, "no change": 0.6}  # role/peer, at most
+# Task name fragments -> where the time goes (fleet table). Tasks that match none are "planning and other".
 PHASES = [
-    # The role reads the node in one module call instead of gathering facts.
-    ("reading the node", ("Read the node", "Gather")),
-    ("mirror checksums", ("checksum", "Look for the release")),
-    ("download", ("Download", "Fetch", "Copy the release", "staging")),
-    ("extract and install", ("Install runsc", "Compare the installed")),
-    ("containerd restart", ("Restart containerd", "Wait for containerd", "registered", "plugins",
-                            "effective configuration")),
+    ("reading the node", ("Read the node", "Gathering Facts")),
+    ("mirror checksums", ("checksum",)),
+    ("download and copy", ("Download the release", "Copy the release")),
+    ("install and sandbox", ("Install the release", "sandbox")),
+    ("containerd restart", ("Restart containerd", "Wait for containerd", "Check containerd")),
 ]
 
 
@@ -51,134 +94,833 @@ def phase_of(task):
     for phase, fragments in PHASES:
         if any(fragment in task for fragment in fragments):
             return phase
-    return "checks and other"
+    return "planning and other"
 
 
-def pinned_checksums(arch):
-    rel = release_dir("latest", arch)
-    return {p.name: hashlib.sha512(p.read_bytes()).hexdigest() for p in rel.glob("gvisor.tar.bz2")}
+def log(message):
+    print(f"bench: {message}", flush=True)
 
 
-def converge(nodes, variables, workdir, label):
-    inventory = workdir / "inventory.ini"
+def git(*args, cwd=None):
+    proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+# --- the peer ---------------------------------------------------------------------------------
+
+
+def _module(task, names):
+    """The (key, arguments) of a task whose module's short name is in names, else (None, None)."""
+    for key, value in task.items():
+        if isinstance(key, str) and key.rsplit(".", 1)[-1] in names:
+            return key, value
+    return None, None
+
+
+def _walk(tasks):
+    for task in tasks or []:
+        if isinstance(task, dict):
+            yield task
+            for key in ("block", "rescue", "always"):
+                yield from _walk(task.get(key))
+
+
+def _rewrite(value, url):
+    if isinstance(value, str):
+        return value.replace(BUCKET, url)
+    if isinstance(value, list):
+        return [_rewrite(v, url) for v in value]
+    if isinstance(value, dict):
+        return {k: _rewrite(v, url) for k, v in value.items()}
+    return value
+
+
+class Peer:
+    """image-builder's gVisor tasks, read at run time from a checkout or a git directory."""
+
+    def __init__(self, checkout=None, git_dir=None, rev="HEAD"):
+        if checkout:
+            root = Path(checkout).resolve()
+            if not (root / PEER_TASKS).exists() and (root / "ansible" / "roles").exists():  # images/capi given
+                root = root.parent.parent
+            if not (root / PEER_TASKS).exists():
+                raise SystemExit(f"bench: {root} is not an image-builder checkout: no {PEER_TASKS}")
+            self.tasks_text = (root / PEER_TASKS).read_text()
+            play = root / PEER_PLAY
+            self.play_text = play.read_text() if play.exists() else ""
+            self.commit = git("rev-parse", "HEAD", cwd=root) or "unknown (not a git checkout)"
+            self.commit_date = git("log", "-1", "--format=%cI", cwd=root)
+            dirty = git("status", "--porcelain", "--", PEER_TASKS, PEER_PLAY, cwd=root)
+            self.source = f"checkout {root}" + (" (those files modified)" if dirty else "")
+        else:
+            git_dir = str(Path(git_dir).resolve())
+            self.commit = git("--git-dir", git_dir, "rev-parse", f"{rev}^{{commit}}")
+            if not self.commit:
+                raise SystemExit(f"bench: {git_dir} has no commit {rev}")
+            self.tasks_text = git("--git-dir", git_dir, "show", f"{self.commit}:{PEER_TASKS}")
+            if not self.tasks_text:
+                raise SystemExit(f"bench: {git_dir} at {rev} has no {PEER_TASKS}")
+            self.play_text = git("--git-dir", git_dir, "show", f"{self.commit}:{PEER_PLAY}")
+            self.commit_date = git("--git-dir", git_dir, "log", "-1", "--format=%cI", self.commit)
+            self.source = f"git directory {git_dir} at {rev}"
+        self.tasks_sha256 = hashlib.sha256(self.tasks_text.encode()).hexdigest()
+        self._extract()
+
+    def _extract(self):
+        tasks = yaml.safe_load(self.tasks_text)
+        downloads = [
+            t
+            for t in _walk(tasks)
+            if (args := _module(t, {"get_url"})[1]) and isinstance(args, dict) and BUCKET in str(args.get("url", ""))
+        ]
+        installs = []
+        for task in _walk(tasks):
+            _key, args = _module(task, {"command", "shell"})
+            cmd = (
+                args
+                if isinstance(args, str)
+                else (
+                    " ".join(str(args.get(k, "")) for k in ("cmd", "argv", "_raw_params"))
+                    if isinstance(args, dict)
+                    else ""
+                )
+            )
+            if re.search(r"runsc\S*['\"]?\s+install\b", cmd):
+                installs.append(task)
+        if len(downloads) != 1 or len(installs) != 1:
+            raise SystemExit(
+                f"bench: expected one get_url task from {BUCKET} and one `runsc install` task in the "
+                f"peer's {PEER_TASKS}, found {len(downloads)} and {len(installs)}"
+            )
+        self.download, self.install = downloads[0], installs[0]
+        # What node.yml's play does before its roles run: gather facts unless it says otherwise, become root.
+        play = (
+            next((p for p in (yaml.safe_load(self.play_text) or []) if isinstance(p, dict) and "hosts" in p), {})
+            if self.play_text
+            else {}
+        )
+        self.gather_facts = play.get("gather_facts", True)
+        self.become = play.get("become", True)
+        self.labels = {
+            "Gathering Facts": PEER_LABELS["gather"],
+            self.download.get("name", ""): PEER_LABELS["download"],
+            self.install.get("name", ""): PEER_LABELS["install"],
+        }
+
+    def playbook(self, mirror_url, release, dest):
+        """Write the temporary playbook running the peer's two tasks against the mirror; return its path."""
+        download = _rewrite(self.download, mirror_url)
+        if BUCKET in json.dumps(download) or mirror_url not in json.dumps(download):
+            raise SystemExit("bench: could not point the peer's download task at the mirror")
+        variables = dict(PEER_VARS, containerd_gvisor_version=str(release))
+        used = set(re.findall(r"\{\{-?\s*([A-Za-z_]\w*)", json.dumps([download, self.install])))
+        known = set(variables) | {"item", "ansible_facts", "omit", self.install.get("register", "")}
+        if used - known:
+            raise SystemExit(
+                f"bench: the peer's tasks use variables this benchmark does not set: {sorted(used - known)}"
+            )
+        play = [
+            {
+                "name": "gVisor tasks of image-builder's containerd role (extracted by bench/bench.py)",
+                "hosts": "all",
+                "become": self.become,
+                "gather_facts": self.gather_facts,
+                "vars": variables,
+                "tasks": [download, self.install],
+            }
+        ]
+        dest.write_text(yaml.safe_dump(play, sort_keys=False))
+        return dest
+
+    def meta(self):
+        return {
+            "repository": "kubernetes-sigs/image-builder",
+            "commit": self.commit,
+            "commit_date": self.commit_date,
+            "tasks_file": PEER_TASKS,
+            "tasks_file_sha256": self.tasks_sha256,
+            "source": self.source,
+            "gather_facts": self.gather_facts,
+            "become": self.become,
+            "variables": dict(PEER_VARS, containerd_gvisor_version="(the release)"),
+            "rewritten": BUCKET,
+        }
+
+
+# --- the role, as it was when the bench started ---
+
+
+def role_playbook():
+    return CURRENT["root"] / "playbooks" / "gvisor.yml"
+
+
+def snapshot_collection(dest):
+    """Copy the collection's files (the playbooks' link to it included) to dest and return dest."""
+    dest.mkdir(parents=True)
+    for name in SNAPSHOT_PATHS:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def fingerprint(root):
+    """sha256 over the collection's files under root (names and bytes), links not followed."""
+    digest = hashlib.sha256()
+    files = []
+    for name in SNAPSHOT_PATHS:
+        if (root / name).is_file():
+            files.append(root / name)
+        for top, dirs, names in os.walk(root / name):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            files += [Path(top) / n for n in names if not n.endswith(".pyc")]
+    for path in sorted(files):
+        if path.is_file() and not path.is_symlink():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def image_id(image):
+    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+# --- running ansible-playbook --------------------------------------------------------------------
+
+
+def converge(playbook, nodes, workdir, label, variables=None, labels=None):
+    """One whole ansible-playbook process against nodes; returns wall time and what the callback saw."""
+    inventory = workdir / f"inventory-{label}.ini"
     inventory.write_text("".join(f"{n} ansible_connection=community.docker.docker\n" for n in nodes))
     timings = workdir / f"timings-{label}.json"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_PIPELINING="1",
-               ANSIBLE_CALLBACK_PLUGINS=str(REPO / "bench" / "callback_plugins"),
-               ANSIBLE_CALLBACKS_ENABLED="bench_timer", BENCH_TIMINGS=str(timings), ANSIBLE_NOCOLOR="1")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(CURRENT["root"] / "ansible.cfg"),
+        ANSIBLE_PIPELINING="1",
+        ANSIBLE_CALLBACK_PLUGINS=str(REPO / "bench" / "callback_plugins"),
+        ANSIBLE_CALLBACKS_ENABLED="bench_timer",
+        BENCH_TIMINGS=str(timings),
+        ANSIBLE_NOCOLOR="1",
+    )
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), "-f", str(max(5, len(nodes)))]
+    if variables:
+        argv += ["-e", json.dumps(variables)]
+    load = os.getloadavg()[0]
     start = time.monotonic()
-    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory), "-f", str(max(5, len(nodes))),
-                           "-e", json.dumps(variables), str(PLAYBOOK)],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(argv + [str(playbook)], capture_output=True, text=True, env=env, check=False)
     wall = time.monotonic() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"converge {label} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-    phases = {}
-    for task in json.loads(timings.read_text()):
-        phase = phase_of(task["task"])
-        phases[phase] = round(phases.get(phase, 0) + task["seconds"], 2)
-    return wall, phases
+        raise RuntimeError(f"converge {label} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
+    data = json.loads(timings.read_text())
+    tasks = data["tasks"]
+    for task in tasks:
+        task["task"] = (labels or {}).get(task["task"], task["task"])
+    ran = [t for t in tasks if t["hosts"] > t["skipped"]]
+    return {
+        "wall_s": round(wall, 2),
+        "load_before": round(load, 2),
+        "tasks_run": len(ran),
+        "tasks_on_node": round(sum(t["on_node"] for t in tasks) / len(nodes), 2),
+        "node_calls": round(sum(t["node_calls"] for t in tasks) / len(nodes), 2),
+        "changed": sum(s.get("changed", 0) for s in data["stats"].values()),
+        "task_seconds": round(sum(t["seconds"] for t in tasks), 2),
+        "tasks": tasks,
+    }
 
 
-def bench_one(mode, size, arch):
-    workdir = Path(tempfile.mkdtemp(prefix="containerd-gvisor-bench."))
-    server = MirrorServer(mirror_dir(), workdir / "access.log")
-    nodes = [f"bench-{i}" for i in range(1, size + 1)]
+def start_nodes(names):
+    """Start fresh node containers and wait until systemd booted and containerd is active on each."""
+
+    def boot(name):
+        node = start_node(name, CURRENT["image"])
+        deadline = time.monotonic() + 60
+        while node.sh("systemctl is-active containerd", check=False).strip() != "active":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not start on {name}")
+            time.sleep(0.3)
+        return node
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+        return list(pool.map(boot, names))
+
+
+def runsc_version(node):
+    return node.sh("/usr/local/bin/runsc --version 2>&1 | head -n1", check=False).strip()
+
+
+def served(server, seen):
+    requests = server.requests()[seen:]
+    return {
+        "requests": len(requests),
+        "bytes": sum(r["bytes"] for r in requests),
+        "sha512_requests": sum(1 for r in requests if r["path"].endswith(".sha512")),
+    }
+
+
+def role_vars(release, server, cache, **extra):
+    # A cache of its own for each first converge, so it starts cold as on a new control node.
+    return {
+        "containerd_gvisor_runtime": True,
+        "containerd_gvisor_version": str(release),
+        "containerd_gvisor_mirror_url": server.url,
+        "containerd_gvisor_download_cache_dir": str(cache),
+        **extra,
+    }
+
+
+# --- the peer comparison ---------------------------------------------------------------------------
+
+
+def compare(peer, pairs, release, warmup, workdir):
+    server = MirrorServer(mirror_dir(), workdir / "access-pairs.log")
+    rows, versions = [], {}
+    try:
+        playbook = peer.playbook(server.url, release, workdir / "peer-playbook.yml")
+        for pair in range(0 if warmup else 1, pairs + 1):
+            order = ("role", "peer") if pair % 2 else ("peer", "role")
+            names = {"role": "bench-role", "peer": "bench-peer"}
+            nodes = dict(zip(order, start_nodes([names[s] for s in order])))
+            try:
+                # The warm-up pair (not recorded) only needs the first converges.
+                for run in RUNS if pair else RUNS[:1]:
+                    for position, side in enumerate(order, 1):
+                        label = f"{pair}-{side}-{run.replace(' ', '-')}"
+                        seen = len(server.requests())
+                        if side == "role":
+                            result = converge(
+                                role_playbook(),
+                                [names[side]],
+                                workdir,
+                                label,
+                                role_vars(release, server, workdir / f"cache-{pair}"),
+                            )
+                        else:
+                            result = converge(playbook, [names[side]], workdir, label, labels=peer.labels)
+                        row = {
+                            "pair": pair,
+                            "side": side,
+                            "run": run,
+                            "position": position,
+                            **served(server, seen),
+                            **result,
+                        }
+                        log(
+                            f"{'warm-up' if pair == 0 else f'pair {pair}'}  {side:4}  {run:9}  {row['wall_s']:6.2f} s  "
+                            f"{row['tasks_on_node']:4} tasks on the node  {row['requests']} requests  "
+                            f"{row['bytes']:>10} bytes  changed {row['changed']}"
+                        )
+                        if pair:
+                            rows.append(row)
+                for side, node in nodes.items():
+                    versions.setdefault(side, set()).add(runsc_version(node))
+            finally:
+                for name in names.values():
+                    remove_node(name)
+    finally:
+        server.stop()
+    return rows, {side: sorted(v) for side, v in versions.items()}
+
+
+# --- the fleet -----------------------------------------------------------------------------------
+
+
+def pinned_checksums(release):
+    rel = release_dir(release, ARCH)
+    names = ["gvisor.tar.bz2"] if (rel / "gvisor.tar.bz2").exists() else list(LOOSE)
+    return {n: hashlib.sha512((rel / n).read_bytes()).hexdigest() for n in names}
+
+
+def fleet_one(mode, size, release, workdir):
+    server = MirrorServer(mirror_dir(), workdir / f"access-{mode}-{size}.log")
+    names = [f"bench-{i}" for i in range(1, size + 1)]
     rows = []
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda name: start_node(name, IMAGE), nodes))
-        # A cache of its own, so the first converge starts cold as on a new control node.
-        base = {"containerd_gvisor_runtime": True, "containerd_gvisor_version": "latest",
-                "containerd_gvisor_mirror_url": server.url, "containerd_gvisor_download_mode": mode,
-                "containerd_gvisor_download_cache_dir": str(workdir / "cache")}
-        for run in RUNS:
+        start_nodes(names)
+        base = role_vars(release, server, workdir / f"cache-{mode}-{size}", containerd_gvisor_download_mode=mode)
+        for run in FLEET_RUNS:
             variables = dict(base)
             if run == "pinned":
-                variables["containerd_gvisor_checksums"] = pinned_checksums(arch)
+                variables["containerd_gvisor_checksums"] = pinned_checksums(release)
             seen = len(server.requests())
-            wall, phases = converge(nodes, variables, workdir, run.replace(" ", "-"))
-            served = server.requests()[seen:]
-            rows.append({"mode": mode, "nodes": size, "run": run, "wall_s": round(wall, 1),
-                         "requests": len(served), "bytes": sum(r["bytes"] for r in served),
-                         "sha512_requests": sum(1 for r in served if r["path"].endswith(".sha512")),
-                         "phases": phases})
-            print(f"bench: {mode:10} {size} nodes  {run:9}  {wall:6.1f} s  {len(served):3} requests  "
-                  f"{rows[-1]['bytes']:>10} bytes", flush=True)
+            result = converge(role_playbook(), names, workdir, f"{mode}-{size}-{run.replace(' ', '-')}", variables)
+            phases = {}
+            for task in result["tasks"]:
+                phase = phase_of(task["task"])
+                phases[phase] = round(phases.get(phase, 0) + task["seconds"], 2)
+            rows.append({"mode": mode, "nodes": size, "run": run, **served(server, seen), **result, "phases": phases})
+            r = rows[-1]
+            log(
+                f"fleet {mode:10} {size} nodes  {run:9}  {r['wall_s']:6.1f} s  "
+                f"{r['tasks_on_node']:4} tasks on each node  {r['requests']:3} requests  {r['bytes']:>10} bytes"
+            )
     finally:
-        for name in nodes:
+        for name in names:
             remove_node(name)
         server.stop()
     return rows
 
 
-def write_table(rows):
-    lines = ["| mode | nodes | run | wall time (s) | requests | bytes served |", "|---|---:|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['mode']} | {r['nodes']} | {r['run']} | {r['wall_s']} | {r['requests']} | {r['bytes']:,} |")
+# --- the report ----------------------------------------------------------------------------------
+
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values, digits=1):
+    return f"{med(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def same_or_range(values):
+    values = sorted(set(values))
+    low, high = (f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in (values[0], values[-1]))
+    return low if len(values) == 1 else f"{low}–{high}"
+
+
+def pair_summary(rows):
+    out = {}
+    for run in RUNS:
+        role = {r["pair"]: r for r in rows if r["run"] == run and r["side"] == "role"}
+        peer = {r["pair"]: r for r in rows if r["run"] == run and r["side"] == "peer"}
+        both = sorted(set(role) & set(peer))
+        ratios = [role[p]["wall_s"] / peer[p]["wall_s"] for p in both]
+        out[run] = {
+            "role": [role[p]["wall_s"] for p in both],
+            "peer": [peer[p]["wall_s"] for p in both],
+            "ratio_of_medians": med([role[p]["wall_s"] for p in both]) / med([peer[p]["wall_s"] for p in both]),
+            "pair_ratios": ratios,
+            "target": TARGETS[run],
+        }
+        out[run]["met"] = out[run]["ratio_of_medians"] <= TARGETS[run]
+    return out
+
+
+def compare_tables(rows, summary):
+    lines = [
+        "| run | this role (s) | image-builder (s) | role / peer, ratio of medians | per-pair ratios | target | met |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for run, s in summary.items():
+        lines.append(
+            f"| {run} | {spread(s['role'], 2)} | {spread(s['peer'], 2)} | **{s['ratio_of_medians']:.2f}x** | "
+            f"{spread(s['pair_ratios'], 2)} | ≤ {s['target']}x | {'yes' if s['met'] else '**no**'} |"
+        )
+    lines += [
+        "",
+        "Round trips and mirror traffic per run (one node; a range when the pairs differ):",
+        "",
+        "| run | side | tasks run | tasks that reached the node | module calls on the node | mirror requests "
+        "| bytes served | tasks changed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in RUNS:
+        for side, title in (("role", "this role"), ("peer", "image-builder")):
+            rs = [r for r in rows if r["run"] == run and r["side"] == side]
+            lines.append(
+                f"| {run} | {title} | {same_or_range([r['tasks_run'] for r in rs])} | "
+                f"{same_or_range([r['tasks_on_node'] for r in rs])} | {same_or_range([r['node_calls'] for r in rs])} | "
+                f"{same_or_range([r['requests'] for r in rs])} | {same_or_range([r['bytes'] for r in rs])} | "
+                f"{same_or_range([r['changed'] for r in rs])} |"
+            )
     return "\n".join(lines)
 
 
-def write_phases(rows):
-    phases = [p for p, _ in PHASES] + ["checks and other"]
+def reach_label(values):
+    """How a task met the node over a row's runs: values are tasks on the node, None (skipped) or "absent"."""
+    if any(isinstance(v, (int, float)) and v > 0 for v in values):
+        return "yes"
+    if any(v == 0 for v in values):
+        return "no"
+    return "skipped" if any(v is None for v in values) else "–"
+
+
+def task_table(rows, side, threshold=0.1):
+    """Median seconds per task (summed over same-named tasks of a run) for first and no-change runs."""
+    per_run = {}
+    order = []
+    for run in RUNS:
+        runs = [r for r in rows if r["side"] == side and r["run"] == run]
+        sums = []
+        for r in runs:
+            seconds, reached = {}, {}
+            for t in r["tasks"]:
+                seconds[t["task"]] = seconds.get(t["task"], 0) + t["seconds"]
+                # None: skipped on every host; 0: ran, on the control node only.
+                ran = t["hosts"] > t["skipped"]
+                if ran or t["task"] not in reached:
+                    reached[t["task"]] = (reached.get(t["task"]) or 0) + t["on_node"] if ran else None
+                if t["task"] not in order:
+                    order.append(t["task"])
+            seconds[OVERHEAD] = r["wall_s"] - r["task_seconds"]
+            sums.append((seconds, reached))
+        per_run[run] = sums
+    lines = ["| task | reached the node (first / no change) | first (s) | no change (s) |", "|---|---|---:|---:|"]
+    small = {run: [0.0] * len(per_run[run]) for run in RUNS}
+    small_count = 0
+    for name in order:
+        meds = {run: med([s.get(name, 0) for s, _ in per_run[run]]) for run in RUNS}
+        if max(meds.values()) < threshold:
+            small_count += 1
+            for run in RUNS:
+                for i, (s, _) in enumerate(per_run[run]):
+                    small[run][i] += s.get(name, 0)
+            continue
+        reach = " / ".join(reach_label([r.get(name, "absent") for _, r in per_run[run]]) for run in RUNS)
+        lines.append(f"| {name.split(' : ', 1)[-1]} | {reach} | {meds['first']:.2f} | {meds['no change']:.2f} |")
+    if small_count:
+        lines.append(
+            f"| {small_count} other tasks (run or skipped), under {threshold} s each | | {med(small['first']):.2f} | "
+            f"{med(small['no change']):.2f} |"
+        )
+    lines.append(
+        "| ansible-playbook start-up, parsing and exit (wall time not in any task) | | "
+        f"{med([s[OVERHEAD] for s, _ in per_run['first']]):.2f} | "
+        f"{med([s[OVERHEAD] for s, _ in per_run['no change']]):.2f} |"
+    )
+    walls = {run: med([r["wall_s"] for r in rows if r["side"] == side and r["run"] == run]) for run in RUNS}
+    lines.append(f"| **whole run (median wall time)** | | **{walls['first']:.2f}** | **{walls['no change']:.2f}** |")
+    return "\n".join(lines)
+
+
+def fleet_table(rows):
+    lines = [
+        "| mode | nodes | run | wall time (s) | tasks that reached each node | requests | bytes served |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['nodes']} | {r['run']} | {r['wall_s']:.1f} | {r['tasks_on_node']:g} | "
+            f"{r['requests']} | {r['bytes']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def fleet_phases(rows):
+    phases = [p for p, _ in PHASES] + ["planning and other"]
     lines = ["| mode | nodes | run | " + " | ".join(phases) + " |", "|---|---:|---|" + "---:|" * len(phases)]
-    rows = [r for r in rows if r["run"] != "pinned"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['nodes']} | {r['run']} | "
-                     + " | ".join(f"{r['phases'].get(p, 0):.1f}" for p in phases) + " |")
+        if r["run"] == "pinned":
+            continue
+        lines.append(
+            f"| {r['mode']} | {r['nodes']} | {r['run']} | "
+            + " | ".join(f"{r['phases'].get(p, 0):.1f}" for p in phases)
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def plot(rows, path):
+def plot(pairs, summary, fleet, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode in sorted({r["mode"] for r in rows}):
-        for run, style in (("first", "-o"), ("no change", "--s")):
-            pts = [(r["nodes"], r["wall_s"], r["bytes"]) for r in rows if r["mode"] == mode and r["run"] == run]
-            if not pts:
-                continue
-            left.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{mode}, {run}")
-            if run == "first":
-                right.plot([p[0] for p in pts], [p[2] / 1e6 for p in pts], style, label=f"{mode}, first converge")
-    left.set(title="Converge wall time", xlabel="nodes", ylabel="seconds")
-    right.set(title="Bytes served by the mirror", xlabel="nodes", ylabel="MB")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.set_xticks(sorted({r["nodes"] for r in rows}))
+    panels = 1 + (2 if fleet else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    axes = axes[0]
+    ax = axes[0]
+    width = 0.36
+    for offset, side, title, color in (
+        (-width / 2, "role", "this role", "C0"),
+        (width / 2, "peer", "image-builder", "C1"),
+    ):
+        for i, run in enumerate(RUNS):
+            values = summary[run][side]
+            ax.bar(
+                i + offset,
+                med(values),
+                width,
+                color=color,
+                alpha=0.75,
+                label=title if i == 0 else None,
+                yerr=[[med(values) - min(values)], [max(values) - med(values)]],
+                capsize=4,
+            )
+            ax.plot([i + offset] * len(values), values, "k.", markersize=4)
+    ax.set_xticks(
+        range(len(RUNS)),
+        [f"{run}\n{summary[run]['ratio_of_medians']:.2f}x (target ≤ {summary[run]['target']}x)" for run in RUNS],
+    )
+    ax.set(
+        title=f"One node, {len(summary['first']['role'])} pairs: median, min–max",
+        ylabel="ansible-playbook wall time (s)",
+    )
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    if fleet:
+        left, right = axes[1], axes[2]
+        for mode in sorted({r["mode"] for r in fleet}):
+            for run, style in (("first", "-o"), ("no change", "--s")):
+                pts = [(r["nodes"], r["wall_s"], r["bytes"]) for r in fleet if r["mode"] == mode and r["run"] == run]
+                if not pts:
+                    continue
+                left.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{mode}, {run}")
+                if run == "first":
+                    right.plot([p[0] for p in pts], [p[2] / 1e6 for p in pts], style, label=f"{mode}, first converge")
+        left.set(title="This role: converge wall time by fleet size", xlabel="nodes", ylabel="seconds")
+        right.set(title="Bytes served by the mirror, first converge", xlabel="nodes", ylabel="MB")
+        right.set_ylim(bottom=0)
+        left.set_ylim(bottom=0)
+        for a in (left, right):
+            a.grid(alpha=0.3)
+            a.legend()
+            a.set_xticks(sorted({r["nodes"] for r in fleet}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def machine():
+    cpu = ""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        kb = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
+        memory = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    ansible_version = subprocess.run([str(ANSIBLE_PLAYBOOK), "--version"], capture_output=True, text=True).stdout
+    core = re.search(r"core ([\w.]+)", ansible_version)
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    return {
+        "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+        "cpu": cpu,
+        "memory": memory,
+        "kernel": platform.release(),
+        "ansible_core": core.group(1) if core else "",
+        "python": platform.python_version(),
+        "docker": docker.stdout.strip(),
+    }
+
+
+def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
+    m, peer, repo = meta["machine"], meta["peer"], meta["repository"]
+    n = len(summary["first"]["role"])
+    installed = "; ".join(
+        f"{'this role' if side == 'role' else 'image-builder'}: `{', '.join(v)}`" for side, v in versions.items()
+    )
+    loads = [r["load_before"] for r in pairs + fleet]
+    header = (
+        f"Generated by `bench/bench.py`; do not edit by hand. Run {meta['date']} on {m['nproc']} cores "
+        f"({m['cpu']}, {m['memory']}, kernel {m['kernel']}), Docker {m['docker']}, ansible-core {m['ansible_core']}, "
+        f"Python {m['python']}; the whole run took {elapsed:.0f} s. The machine's 1-minute load average before each "
+        f"run was {spread(loads, 1)} (median, min–max): what is above the bench's own share is other work on the "
+        "machine, which the pairing spreads over both sides."
+    )
+    method = (
+        f"{n} pair{'s' if n != 1 else ''}. In each pair two fresh node containers start from the same image; one "
+        "gets this role (`playbooks/gvisor.yml` with its default settings: controller download mode with a cold "
+        "download cache, smoke test on change), the other image-builder's tasks; then each gets a first converge "
+        "(gVisor not installed) and a no-change converge (the same run again). Which side runs first alternates "
+        f"from pair to pair{', after a warm-up pair that is not recorded' if args.warmup else ''}. Times are the "
+        "wall time of the whole `ansible-playbook` process. Both sides: `ANSIBLE_PIPELINING=1`, this repository's "
+        "ansible.cfg, the same inventory style (`<node> ansible_connection=community.docker.docker`), "
+        "`become: true`."
+    )
+    peer_side = (
+        "image-builder's side is a temporary playbook holding its `get_url` loop that downloads runsc and "
+        "containerd-shim-runsc-v1 with their published `.sha512`, and its `runsc install` command task, taken "
+        f"unchanged except for the bucket URL (`{BUCKET}` → the mirror); it gathers facts as its node.yml play does "
+        f"(`gather_facts: {str(peer['gather_facts']).lower()}`) and gets `sysusr_prefix: /usr/local`, "
+        f'`containerd_gvisor_runtime: true`, `containerd_gvisor_version: "{args.release}"`. It does less: '
+        "`runsc install` registers runsc with Docker (`/etc/docker/daemon.json`), not containerd: image-builder "
+        "registers its `gvisor` handler in its containerd config.toml template, written (and containerd restarted) "
+        "earlier in the same role for all of containerd, which is not part of this measurement. This role's first "
+        "converge also merges containerd's config.toml, writes runsc.toml, restarts containerd and checks it, and "
+        "starts a gVisor sandbox."
+    )
+    text = [
+        "# Benchmark: this role against image-builder's gVisor tasks, and converge cost by fleet size",
+        "",
+        header,
+        "",
+        f"- Command: `{meta['command']}`",
+        f"- This repository: commit `{repo['commit']}`{' with uncommitted changes' if repo['dirty'] else ''}; "
+        f"this role's runs used a copy of the collection taken at the start (its files' sha256 "
+        f"`{meta['role_files_sha256'][:16]}…`)"
+        + (
+            "; the working tree changed during the run, which did not affect them."
+            if meta["working_tree_changed"]
+            else "."
+        )
+        + f" Node image `{IMAGE}`, ID `{meta['image_id'].split(':')[-1][:12]}`"
+        + (" (the tag moved during the run; the runs used this ID)." if meta["image_tag_moved"] else "."),
+        f"- Peer: kubernetes-sigs/image-builder commit `{peer['commit']}` ({peer['commit_date']}), the gVisor "
+        f"tasks of `{PEER_TASKS}` (sha256 `{peer['tasks_file_sha256'][:16]}…`), read at run time from the "
+        f"{peer['source']}.",
+        f"- Release `{args.release}` ({', '.join(LOOSE)}: loose files, as the peer expects), "
+        f"a loopback mirror (tests/mirror/server.py over the test mirror); runsc installed: {installed}.",
+        "",
+        "## This role against image-builder",
+        "",
+        method,
+        "",
+        peer_side,
+        "",
+        'Targets (issue "Half the code and half the round trips", item 4): no-change converge at most 0.6x the '
+        "peer's, first converge at most 2x the peer's.",
+        "",
+        compare_tables(pairs, summary),
+        "",
+        '"Tasks that reached the node": task results that were not skipped, not run on the control node '
+        "(delegated to localhost) and not control-node-only actions (set_fact, assert, include_tasks, ...); a loop "
+        "counts once, its items as module calls. From bench/callback_plugins/bench_timer.py.",
+        "",
+        "### Where this role's time goes (median seconds per task over the pairs)",
+        "",
+        "Task time runs from a task's start until its last host reported, so it includes the control node's work "
+        "for the task (templating, and modules it runs there).",
+        "",
+        task_table(pairs, "role"),
+        "",
+        "### Where image-builder's time goes",
+        "",
+        task_table(pairs, "peer", threshold=0.0),
+        "",
+    ]
+    if fleet:
+        reps = f"{args.fleet_reps} run{'s' if args.fleet_reps > 1 else ''}"
+        text += [
+            "## This role by fleet size and download mode",
+            "",
+            f"Release `{args.release}`, {reps} of each. Runs: **first** converge; **no change**, the same converge "
+            "again; **pinned**, again with `containerd_gvisor_checksums` set. Requests and bytes are what the "
+            "mirror's access log shows; a dated release already installed is recorded on the node, so neither "
+            "no-change run asks the mirror anything.",
+            "",
+            fleet_table(fleet),
+            "",
+            "### Where the time goes (seconds of task wall time)",
+            "",
+            fleet_phases(fleet),
+            "",
+        ]
+    if meta["fleet_skipped"]:
+        text += [
+            f"Fleet runs skipped to stay within `--budget {args.budget:g}` s: {'; '.join(meta['fleet_skipped'])}.",
+            "",
+        ]
+    text += ["![this role against image-builder, and by fleet size](bench.png)", ""]
+    (DOCS / "bench.md").write_text("\n".join(text))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1,4,8")
-    parser.add_argument("--modes", default="controller,node")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--peer", metavar="DIR", help="an image-builder checkout (its root, or images/capi)")
+    source.add_argument("--peer-git-dir", metavar="GIT_DIR", help="an image-builder git directory (bare or .git)")
+    parser.add_argument("--peer-rev", default="HEAD", help="the revision of --peer-git-dir to read (default HEAD)")
+    parser.add_argument("--pairs", type=int, default=5, help="role/peer pairs (default 5)")
+    parser.add_argument(
+        "--release", default="20240729", help="dated gVisor release with loose files on the mirror (default 20240729)"
+    )
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="no unrecorded warm-up pair")
+    parser.add_argument("--fleet-sizes", default="1,4", help="fleet sizes for this role alone (default 1,4)")
+    parser.add_argument("--fleet-modes", default="controller,node")
+    parser.add_argument("--fleet-reps", type=int, default=1, help="repetitions of each fleet size (default 1)")
+    parser.add_argument("--no-fleet", action="store_true", help="only the comparison with the peer")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=840,
+        help="seconds the run should stay under: fleet groups that would pass it are skipped (default 840, 0: none)",
+    )
     args = parser.parse_args()
-    arch = os.uname().machine
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    release = release_dir(args.release, ARCH)
+    missing = [name for file in LOOSE for name in (file, file + ".sha512") if not (release / name).exists()]
+    if missing:
+        raise SystemExit(
+            f"bench: the mirror's release {args.release} ({release}) lacks {', '.join(missing)}; "
+            "run tests/mirror/build"
+        )
+    if (release / "gvisor.tar.bz2").exists():
+        log(
+            f"note: release {args.release} also serves gvisor.tar.bz2, which this role prefers: the sides fetch "
+            "different files"
+        )
+
+    peer = Peer(args.peer, args.peer_git_dir, args.peer_rev)
     started = time.monotonic()
-    rows = []
-    for mode in args.modes.split(","):
-        for size in [int(s) for s in args.sizes.split(",")]:
-            rows += bench_one(mode, size, arch)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": os.environ.get("BENCH_COMMAND") or shlex.join([sys.argv[0]] + sys.argv[1:]),
+        "machine": machine(),
+        "peer": peer.meta(),
+        "release": args.release,
+        "image": IMAGE,
+        "pipelining": True,
+        "fleet_skipped": [],
+        "repository": {
+            "commit": git("rev-parse", "HEAD", cwd=REPO),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", cwd=REPO)),
+        },
+    }
+    log(f"peer: image-builder {peer.commit[:12]} from the {peer.source}; {args.pairs} pairs, release {args.release}")
+    workdir = Path(tempfile.mkdtemp(prefix="containerd-gvisor-bench."))
+    CURRENT["root"] = snapshot_collection(workdir / "collection")
+    CURRENT["image"] = image_id(IMAGE) or IMAGE
+    meta["role_files_sha256"] = fingerprint(CURRENT["root"])
+    meta["image_id"] = CURRENT["image"]
+    try:
+        pairs, versions = compare(peer, args.pairs, args.release, args.warmup, workdir)
+        summary = pair_summary(pairs)
+        for run, s in summary.items():
+            log(
+                f"{run}: role {med(s['role']):.2f} s, peer {med(s['peer']):.2f} s, ratio {s['ratio_of_medians']:.2f}x "
+                f"(target ≤ {s['target']}x: {'met' if s['met'] else 'NOT met'})"
+            )
+        fleet = []
+        if not args.no_fleet:
+            # A fleet group's time, guessed from the pairs: the first converge grows about half as fast as the fleet.
+            one = med(summary["first"]["role"]) + 2 * med(summary["no change"]["role"]) + 5
+            for size in [int(s) for s in args.fleet_sizes.split(",") if s]:
+                for mode in args.fleet_modes.split(","):
+                    for rep in range(args.fleet_reps):
+                        guess = one * (1 + 0.5 * (size - 1))
+                        if args.budget and time.monotonic() - started + guess > args.budget:
+                            log(f"fleet {mode} {size} nodes: skipped, about {guess:.0f} s more would pass --budget")
+                            meta["fleet_skipped"].append(f"{mode}, {size} nodes")
+                            continue
+                        fleet += [dict(r, rep=rep + 1) for r in fleet_one(mode, size, args.release, workdir)]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    meta["elapsed_s"] = round(elapsed, 1)
+    meta["working_tree_changed"] = fingerprint(REPO) != meta["role_files_sha256"]
+    meta["image_tag_moved"] = image_id(IMAGE) != meta["image_id"]
     DOCS.mkdir(exist_ok=True)
-    (DOCS / "bench.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plot(rows, DOCS / "bench.png")
-    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    (DOCS / "bench.md").write_text(
-        "# Benchmark: converge cost by fleet size and download mode\n\n"
-        f"Made by `bench/run` on {cpu} cores against the local test mirror (release `latest`, the "
-        "9 MB archive), node containers from `containerd-gvisor-node:bookworm`, "
-        f"in {time.monotonic() - started:.0f} s.\n\n"
-        "Runs: **first** converge; **no change**, the same converge again; **pinned**, again with "
-        "`containerd_gvisor_checksums` set. Requests and bytes are what the mirror's access log shows.\n\n"
-        + write_table(rows) + "\n\n## Where the time goes (seconds of task wall time)\n\n" + write_phases(rows)
-        + "\n\n![converge wall time and bytes served](bench.png)\n")
-    print(f"bench: wrote docs/bench.md, docs/bench.json, docs/bench.png in {time.monotonic() - started:.0f} s")
+    (DOCS / "bench.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": {run: {k: v for k, v in s.items()} for run, s in summary.items()},
+                "runsc_versions": versions,
+                "pairs": pairs,
+                "fleet": fleet,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    plot(pairs, summary, fleet, DOCS / "bench.png")
+    write_report(args, meta, pairs, summary, versions, fleet, elapsed)
+    log(f"wrote docs/bench.md, docs/bench.json, docs/bench.png in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":
