@@ -283,7 +283,7 @@ def fingerprint(root):
 
 
 def image_id(image):
-    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True)
+    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True, check=False)
     return proc.stdout.strip()
 
 
@@ -560,14 +560,14 @@ def task_table(rows, side, threshold=0.1):
     small = {run: [0.0] * len(per_run[run]) for run in RUNS}
     small_count = 0
     for name in order:
-        meds = {run: med([s.get(name, 0) for s, _ in per_run[run]]) for run in RUNS}
+        meds = {run: med([s.get(name, 0) for s, _ignored in per_run[run]]) for run in RUNS}
         if max(meds.values()) < threshold:
             small_count += 1
             for run in RUNS:
-                for i, (s, _) in enumerate(per_run[run]):
+                for i, (s, _ignored) in enumerate(per_run[run]):
                     small[run][i] += s.get(name, 0)
             continue
-        reach = " / ".join(reach_label([r.get(name, "absent") for _, r in per_run[run]]) for run in RUNS)
+        reach = " / ".join(reach_label([r.get(name, "absent") for _ignored, r in per_run[run]]) for run in RUNS)
         lines.append(f"| {name.split(' : ', 1)[-1]} | {reach} | {meds['first']:.2f} | {meds['no change']:.2f} |")
     if small_count:
         lines.append(
@@ -576,8 +576,8 @@ def task_table(rows, side, threshold=0.1):
         )
     lines.append(
         "| ansible-playbook start-up, parsing and exit (wall time not in any task) | | "
-        f"{med([s[OVERHEAD] for s, _ in per_run['first']]):.2f} | "
-        f"{med([s[OVERHEAD] for s, _ in per_run['no change']]):.2f} |"
+        f"{med([s[OVERHEAD] for s, _ignored in per_run['first']]):.2f} | "
+        f"{med([s[OVERHEAD] for s, _ignored in per_run['no change']]):.2f} |"
     )
     walls = {run: med([r["wall_s"] for r in rows if r["side"] == side and r["run"] == run]) for run in RUNS}
     lines.append(f"| **whole run (median wall time)** | | **{walls['first']:.2f}** | **{walls['no change']:.2f}** |")
@@ -598,7 +598,7 @@ def fleet_table(rows):
 
 
 def fleet_phases(rows):
-    phases = [p for p, _ in PHASES] + ["planning and other"]
+    phases = [p for p, _ignored in PHASES] + ["planning and other"]
     lines = ["| mode | nodes | run | " + " | ".join(phases) + " |", "|---|---:|---|" + "---:|" * len(phases)]
     for r in rows:
         if r["run"] == "pinned":
@@ -693,11 +693,11 @@ def machine():
         memory = f"{kb / 1024 / 1024:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
-    ansible_version = subprocess.run([str(ANSIBLE_PLAYBOOK), "--version"], capture_output=True, text=True).stdout
+    ansible_version = subprocess.run([str(ANSIBLE_PLAYBOOK), "--version"], capture_output=True, text=True, check=False).stdout
     core = re.search(r"core ([\w.]+)", ansible_version)
-    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False)
     return {
-        "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+        "nproc": subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip(),
         "cpu": cpu,
         "memory": memory,
         "kernel": platform.release(),
@@ -909,7 +909,7 @@ def main():
         json.dumps(
             {
                 "meta": meta,
-                "summary": {run: {k: v for k, v in s.items()} for run, s in summary.items()},
+                "summary": {run: dict(s.items()) for run, s in summary.items()},
                 "runsc_versions": versions,
                 "pairs": pairs,
                 "fleet": fleet,
