@@ -143,19 +143,33 @@ class Node:
         return self.finish(self.start_play(ansible_args=ansible_args, ansible_env=ansible_env, **overrides))
 
 
+# The one definition of a node container: systemd as PID 1 with the host's network, every capability
+# Docker knows but SYS_RESOURCE (which the CI machines lack, so `privileged` fails), seccomp and
+# AppArmor unconfined, tmpfs on /run, and the host's cgroups: the v1 tree for bookworm and trixie, the
+# v2 tree without controllers for sid (systemd 262 has no cgroup v1). Molecule's platforms and the
+# Packer templates, which cannot read it, carry copies that tests/unit/test_node_definition.py checks.
+CAPABILITIES = [line.strip() for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+SECURITY_OPTS = ["seccomp=unconfined", "apparmor=unconfined"]
+TMPFS = ["/run", "/run/lock"]
+COMMAND = "/lib/systemd/systemd"
+
+
+def cgroup_volume(image):
+    """The cgroup mount a node image's systemd needs."""
+    return ("/sys/fs/cgroup/unified" if image.endswith(":sid") else "/sys/fs/cgroup") + ":/sys/fs/cgroup:rw"
+
+
 def start_node(name, image, initial_config=None, devices=()):
-    """Start a systemd node container as tests/harness/try-node does (no privileged mode, the host's
-    cgroup v1 tree as bookworm and trixie need it) and wait for it to boot; with initial_config,
-    containerd restarts with that config.toml. devices are the host's device nodes it gets."""
-    capabilities = [line.strip() for line in (REPO / "tests" / "harness" / "node-capabilities").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    """Start a node container as defined above and wait for systemd to finish booting it; with
+    initial_config, containerd restarts with that config.toml. devices are the host's device nodes it gets."""
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "--cgroupns", "host",
-                    *[arg for cap in capabilities for arg in ("--cap-add", cap)],
-                    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-                    "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                    *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
+                    *[arg for opt in SECURITY_OPTS for arg in ("--security-opt", opt)],
+                    *[arg for path in TMPFS for arg in ("--tmpfs", path)], "-v", cgroup_volume(image),
                     *[arg for device in devices for arg in ("--device", device)],
-                    image, "/lib/systemd/systemd"], capture_output=True, text=True, check=True)
+                    image, COMMAND], capture_output=True, text=True, check=True)
     node = Node(name)
     deadline = time.monotonic() + 60
     while node.sh("systemctl is-system-running", check=False).strip() not in ("running", "degraded"):
