@@ -31,7 +31,7 @@ variable "ansible_extra_vars" {
 
 variable "docker_image" {
   type    = string
-  default = "containerd-gvisor-node:bookworm"
+  default = "containerd-gvisor-node:trixie"
 }
 
 variable "docker_cgroup_dir" {
@@ -51,12 +51,12 @@ variable "docker_tag" {
 
 variable "qemu_image_url" {
   type    = string
-  default = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+  default = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
 }
 
 variable "qemu_image_checksum" {
   type    = string
-  default = "file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS"
+  default = "file:https://cloud.debian.org/images/cloud/trixie/latest/SHA512SUMS"
 }
 
 variable "qemu_accelerator" {

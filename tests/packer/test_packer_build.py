@@ -26,6 +26,7 @@ from gvisor_testinfra import (
     node_sha512,
     node_toml,
     release_dir,
+    runsc_version_line,
     sandbox_flags,
     shell,
 )
@@ -177,10 +178,11 @@ def test_runsc_is_the_release_the_var_file_names(node):
     if not node.gvisor:
         pytest.skip("built without gVisor")
     # latest resolves to a dated release on the mirror; a pinned date must not.
-    release = release_dir(node.version, node.host.system_info.arch).parent.name.split(".")[0]
+    arch = node.host.system_info.arch
+    release = release_dir(node.version, arch).parent.name.split(".")[0]
     if node.version != "latest":
         assert release == node.version
-    assert f"runsc version 0.0~{release}" in node.host.check_output(f"{BIN_DIR}/runsc --version")
+    assert node.host.check_output(f"{BIN_DIR}/runsc --version").splitlines()[0] == runsc_version_line(node.version, arch)
     record = json.loads(node.host.file("/var/lib/containerd-gvisor/release.json").content_string)
     assert record["release"]["version"] == node.version
 
@@ -204,17 +206,17 @@ def test_dmesg_in_a_sandbox_shows_the_gvisor_banner(node):
 def test_runsc_toml_holds_the_flags_the_build_asked_for(node):
     if not node.gvisor:
         pytest.skip("built without gVisor")
-    # Written only when there is something to say: the default ansible_extra_vars "{}" adds nothing.
-    flags = node_toml(node.host, RUNSC_TOML)["runsc_config"] if node.host.file(RUNSC_TOML).exists else {}
-    expected = dict(node.runsc_config)
+    # The platform (systrap unless the flags name one) and what ansible_extra_vars asked for; the
+    # default "{}" adds nothing.
+    flags = node_toml(node.host, RUNSC_TOML)["runsc_config"]
+    expected = {"platform": "systrap", **node.runsc_config}
     runc = handler_table(node_toml(node.host, CONFIG), "runc") or {}
     if runc.get("options", {}).get("SystemdCgroup"):
         expected["systemd-cgroup"] = "true"
     assert flags == expected
-    if flags:
-        # containerd's shim reads the flags from the file the handler names.
-        table = handler_table(node_toml(node.host, CONFIG), HANDLER)
-        assert table["options"]["ConfigPath"] == RUNSC_TOML
+    # containerd's shim reads the flags from the file the handler names.
+    table = handler_table(node_toml(node.host, CONFIG), HANDLER)
+    assert table["options"]["ConfigPath"] == RUNSC_TOML
 
 
 def test_a_sandbox_writes_the_debug_log_the_flags_ask_for(node):
