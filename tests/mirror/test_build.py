@@ -23,7 +23,6 @@ from gvisor_testinfra import (  # noqa: E402
     SHIM,
     STAND_IN_MARK,
     expected_files,
-    mirror_dir,
     release_name,
     runsc_version_line,
     uses_archive,
@@ -46,15 +45,6 @@ RELEASES = {
 LATEST = "20261005.0"
 DEBIAN_RUNSC = {"20221219.0", "20240729.0"}  # the real runsc from Debian bookworm and trixie
 MEMBERS = ["./", "./containerd-shim-runsc-v1", "./gvisor-bin/"] + [f"./gvisor-bin/{h}" for h in HELPERS] + ["./runsc"]
-
-
-@pytest.fixture(scope="module")
-def built_mirror():
-    """The mirror tests/mirror/build made; the tests that read it are skipped until it is built."""
-    root = mirror_dir()
-    if not (root / ".complete").is_file():
-        pytest.skip(f"no built mirror in {root}: run tests/mirror/build")
-    return root
 
 
 def release(root, name):

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests/ helpers
 
-from gvisor_testinfra import REPO, assert_gvisor_banner, mirror_dir  # noqa: E402
+from gvisor_testinfra import REPO, assert_gvisor_banner  # noqa: E402
 
 TEMPLATE = REPO / "tests" / "mirror" / "stand-in.sh.in"
 FIXTURE = "/opt/containerd-gvisor-test/runsc"
@@ -35,15 +35,6 @@ VERSION = f"runsc version release-{RELEASE}\nspec: 1.1.0-rc.1\n"
 ARCH = platform.machine()
 NODE = os.environ.get("CONTAINERD_GVISOR_STANDIN_NODE", "standin-trixie")
 IMAGE = os.environ.get("CONTAINERD_GVISOR_NODE_IMAGE", "containerd-gvisor-node") + ":trixie"
-
-
-@pytest.fixture(scope="module")
-def built_mirror():
-    """The mirror tests/mirror/build made; the tests that read it are skipped until it is built."""
-    root = mirror_dir()
-    if not (root / ".complete").is_file():
-        pytest.skip(f"no built mirror in {root}: run tests/mirror/build")
-    return root
 
 
 def stand_in(tmp_path, name, release=RELEASE, real_runsc=None):
