@@ -1,4 +1,4 @@
-"""Benchmark: this role against kubernetes-sigs/image-builder's gVisor tasks, and converge cost by fleet size.
+"""Benchmark: this role against kubernetes-sigs/image-builder's gVisor tasks, converge cost by fleet size, rollouts.
 
 Peer comparison (paired, one node): for each of --pairs pairs it starts two fresh node containers
 from the same bookworm image, and runs on one this role (playbooks/gvisor.yml, default settings:
@@ -21,12 +21,19 @@ Fleet (optional, --fleet-sizes): for each download mode and fleet size, that man
 and three runs of this role (first, no change, pinned: no change with containerd_gvisor_checksums
 set), with the requests and bytes the mirror served.
 
+Rolling rollouts (--rollout-sizes, --rollout-serials; --no-rollout to skip them): for each fleet size and
+containerd_gvisor_serial, that many fresh node containers and two runs of this role (first, no change)
+in batches; each batch is a play of its own, timed by the callback from its start to the next one's.
+--only-rollout measures only these (no peer needed) and merges them into the existing docs/bench.json,
+whose peer and fleet rows it keeps, then writes docs/bench.md and docs/bench.png again from it all.
+
 Every run also records, from bench/callback_plugins/bench_timer.py, each task's wall time and
 how many tasks reached the node (not skipped, not run on the control node): the round trips.
 Writes docs/bench.md, docs/bench.json and docs/bench.png. A benchmark, not a test: it asserts nothing.
 
     bench/run --peer-git-dir /path/to/image-builder/.git [--pairs 5] [--fleet-sizes 1,4]
-    bench/run --peer /path/to/image-builder [--no-fleet]
+    bench/run --peer /path/to/image-builder [--no-fleet] [--rollout-serials 1,2,100%]
+    bench/run --only-rollout [--rollout-sizes 4] [--rollout-serials 2] [--rollout-reps 1]
 """
 
 from __future__ import annotations
@@ -315,6 +322,7 @@ def converge(playbook, nodes, workdir, label, variables=None, labels=None):
         raise RuntimeError(f"converge {label} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
     data = json.loads(timings.read_text())
     tasks = data["tasks"]
+    plays = data.get("plays", [])
     for task in tasks:
         task["task"] = (labels or {}).get(task["task"], task["task"])
     ran = [t for t in tasks if t["hosts"] > t["skipped"]]
@@ -326,6 +334,7 @@ def converge(playbook, nodes, workdir, label, variables=None, labels=None):
         "node_calls": round(sum(t["node_calls"] for t in tasks) / len(nodes), 2),
         "changed": sum(s.get("changed", 0) for s in data["stats"].values()),
         "task_seconds": round(sum(t["seconds"] for t in tasks), 2),
+        "plays": plays,
         "tasks": tasks,
     }
 
@@ -455,6 +464,71 @@ def fleet_one(mode, size, release, workdir):
                 f"fleet {mode:10} {size} nodes  {run:9}  {r['wall_s']:6.1f} s  "
                 f"{r['tasks_on_node']:4} tasks on each node  {r['requests']:3} requests  {r['bytes']:>10} bytes"
             )
+    finally:
+        for name in names:
+            remove_node(name)
+        server.stop()
+    return rows
+
+
+# --- rolling rollouts --------------------------------------------------------------------------
+
+
+def serial_value(text):
+    """containerd_gvisor_serial as given: "100%" stays a string, "2" becomes 2."""
+    text = text.strip()
+    if text.endswith("%"):
+        if not 0 < float(text[:-1]) <= 100:
+            raise ValueError(f"serial {text}: a percentage above 0 and at most 100")
+        return text
+    if int(text) < 1:
+        raise ValueError(f"serial {text}: at least 1")
+    return int(text)
+
+
+def batch_sizes(size, serial):
+    """The batches ansible-playbook makes of size hosts with this serial (a percentage rounds down, at least 1)."""
+    per = max(1, int(float(serial[:-1]) / 100 * size)) if isinstance(serial, str) else serial
+    return [min(per, size - start) for start in range(0, size, per)]
+
+
+def rollout_one(size, serial, release, workdir, rep):
+    """Fresh nodes, then a first and a no-change converge in batches of serial; one row per run."""
+    tag = f"{size}-{str(serial).replace('%', 'pct')}-{rep}"
+    server = MirrorServer(mirror_dir(), workdir / f"access-rollout-{tag}.log")
+    # Not rollout-*: a CI run on the same machine owns those names (and docker's name filter matches substrings).
+    names = [f"bench-serial-{i}" for i in range(1, size + 1)]
+    expected = batch_sizes(size, serial)
+    rows = []
+    try:
+        start_nodes(names)
+        variables = role_vars(release, server, workdir / f"cache-rollout-{tag}", containerd_gvisor_serial=serial)
+        for run in RUNS:
+            seen = len(server.requests())
+            result = converge(role_playbook(), names, workdir, f"rollout-{tag}-{run.replace(' ', '-')}", variables)
+            batches = result["plays"]
+            seconds = [b["seconds"] for b in batches]
+            row = {
+                "nodes": size,
+                "serial": serial,
+                "run": run,
+                "rep": rep,
+                "batches": len(batches),
+                "batch_s": seconds,
+                "batch_hosts": [b["hosts"] for b in batches],
+                "median_batch_s": round(med(seconds), 2),
+                "outside_batches_s": round(result["wall_s"] - sum(seconds), 2),
+                **served(server, seen),
+                **result,
+            }
+            rows.append(row)
+            log(
+                f"rollout {size} nodes, serial {serial}  {run:9}  {row['wall_s']:6.1f} s  {len(batches)} batches: "
+                + ", ".join(f"{s:.1f} s" for s in seconds)
+                + f"  {row['requests']} requests  changed {row['changed']}"
+            )
+            if [len(b["hosts"]) for b in batches] != expected:
+                log(f"note: expected batches of {expected} hosts, the callback saw {[b['hosts'] for b in batches]}")
     finally:
         for name in names:
             remove_node(name)
@@ -611,16 +685,40 @@ def fleet_phases(rows):
     return "\n".join(lines)
 
 
-def plot(pairs, summary, fleet, path):
-    import matplotlib
+def rollout_groups(rows):
+    """Rollout rows by (nodes, serial, run), in the order measured; each group holds one row per repetition."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["nodes"], str(r["serial"]), r["run"]), []).append(r)
+    return groups
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    panels = 1 + (2 if fleet else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    axes = axes[0]
-    ax = axes[0]
+def batch_medians(rows):
+    """Each batch's median seconds over the repetitions (batch 1, batch 2, ...)."""
+    count = max(len(r["batch_s"]) for r in rows)
+    return [med([r["batch_s"][i] for r in rows if i < len(r["batch_s"])]) for i in range(count)]
+
+
+def rollout_table(rows):
+    lines = [
+        "| nodes | serial | run | batches | seconds per batch (median) | each batch (s) | outside the batches (s) "
+        "| total (s) | mirror requests |",
+        "|---:|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for (nodes, serial, run), group in rollout_groups(rows).items():
+        per_batch = med([s for r in group for s in r["batch_s"]])
+        each = ", ".join(f"{s:.1f}" for s in batch_medians(group))
+        walls = [r["wall_s"] for r in group]
+        total = spread(walls) if len(walls) > 1 else f"{walls[0]:.1f}"
+        outside = med([r["outside_batches_s"] for r in group])
+        lines.append(
+            f"| {nodes} | {serial} | {run} | {same_or_range([r['batches'] for r in group])} | {per_batch:.1f} | "
+            f"{each} | {outside:.1f} | **{total}** | {same_or_range([r['requests'] for r in group])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_pairs(ax, summary):
     width = 0.36
     for offset, side, title, color in (
         (-width / 2, "role", "this role", "C0"),
@@ -649,24 +747,78 @@ def plot(pairs, summary, fleet, path):
     )
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
+
+
+def plot_fleet(left, right, fleet):
+    for mode in sorted({r["mode"] for r in fleet}):
+        for run, style in (("first", "-o"), ("no change", "--s")):
+            pts = [(r["nodes"], r["wall_s"], r["bytes"]) for r in fleet if r["mode"] == mode and r["run"] == run]
+            if not pts:
+                continue
+            left.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{mode}, {run}")
+            if run == "first":
+                right.plot([p[0] for p in pts], [p[2] / 1e6 for p in pts], style, label=f"{mode}, first converge")
+    left.set(title="This role: converge wall time by fleet size", xlabel="nodes", ylabel="seconds")
+    right.set(title="Bytes served by the mirror, first converge", xlabel="nodes", ylabel="MB")
+    right.set_ylim(bottom=0)
+    left.set_ylim(bottom=0)
+    for a in (left, right):
+        a.grid(alpha=0.3)
+        a.legend()
+        a.set_xticks(sorted({r["nodes"] for r in fleet}))
+
+
+def plot_rollout(ax, rows):
+    """One stacked bar per (nodes, serial, run): its batches (median over repetitions), then the rest of the run."""
+    groups = rollout_groups(rows)
+    most = 0
+    for x, group in enumerate(groups.values()):
+        bottom = 0.0
+        batches = batch_medians(group)
+        most = max(most, len(batches))
+        for i, seconds in enumerate(batches):
+            ax.bar(x, seconds, 0.6, bottom=bottom, color=f"C{i % 10}", alpha=0.8, edgecolor="white")
+            ax.text(x, bottom + seconds / 2, f"{seconds:.1f}", ha="center", va="center", fontsize=7)
+            bottom += seconds
+        ax.bar(x, med([r["outside_batches_s"] for r in group]), 0.6, bottom=bottom, color="0.75", edgecolor="white")
+    handles = [plt_patch(f"C{i % 10}", f"batch {i + 1}") for i in range(min(most, 8))]
+    handles.append(plt_patch("0.75", "outside the batches"))
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xticks(
+        range(len(groups)),
+        [f"{nodes} nodes\nserial {serial}\n{run}" for nodes, serial, run in groups],
+        fontsize=8,
+    )
+    ax.set(title="Rolling rollouts: seconds per batch", ylabel="ansible-playbook wall time (s)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plt_patch(color, label):
+    from matplotlib.patches import Patch
+
+    return Patch(color=color, alpha=0.8, label=label)
+
+
+def plot(data, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs, fleet = data.get("pairs"), data.get("fleet")
+    rollout = (data.get("rollout") or {}).get("rows")
+    panels = (1 if pairs else 0) + (2 if fleet else 0) + (1 if rollout else 0)
+    if not panels:
+        return
+    rows, cols = (2, 2) if panels == 4 else (1, panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    axes = list(axes.flat)
+    if pairs:
+        plot_pairs(axes.pop(0), data["summary"])
     if fleet:
-        left, right = axes[1], axes[2]
-        for mode in sorted({r["mode"] for r in fleet}):
-            for run, style in (("first", "-o"), ("no change", "--s")):
-                pts = [(r["nodes"], r["wall_s"], r["bytes"]) for r in fleet if r["mode"] == mode and r["run"] == run]
-                if not pts:
-                    continue
-                left.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{mode}, {run}")
-                if run == "first":
-                    right.plot([p[0] for p in pts], [p[2] / 1e6 for p in pts], style, label=f"{mode}, first converge")
-        left.set(title="This role: converge wall time by fleet size", xlabel="nodes", ylabel="seconds")
-        right.set(title="Bytes served by the mirror, first converge", xlabel="nodes", ylabel="MB")
-        right.set_ylim(bottom=0)
-        left.set_ylim(bottom=0)
-        for a in (left, right):
-            a.grid(alpha=0.3)
-            a.legend()
-            a.set_xticks(sorted({r["nodes"] for r in fleet}))
+        plot_fleet(axes.pop(0), axes.pop(0), fleet)
+    if rollout:
+        plot_rollout(axes.pop(0), rollout)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -707,7 +859,26 @@ def machine():
     }
 
 
-def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
+def options_of(meta):
+    """The options the peer and fleet rows were measured with: kept in meta since the rollout rows came, read
+    back from the recorded command line for a docs/bench.json written before."""
+    if "options" in meta:
+        return meta["options"]
+    parser = option_parser()
+    argv = shlex.split(meta.get("command", ""))[1:]
+    try:
+        known = parser.parse_known_args(argv)[0]
+    except SystemExit:
+        known = parser.parse_known_args([])[0]
+    return vars(known)
+
+
+def peer_and_fleet_report(data):
+    """The sections of the peer comparison and the fleet rows, as lines of markdown."""
+    meta, pairs, summary = data["meta"], data["pairs"], data["summary"]
+    versions, fleet = data.get("runsc_versions", {}), data.get("fleet") or []
+    opts = options_of(meta)
+    elapsed = meta.get("elapsed_s", 0)
     m, peer, repo = meta["machine"], meta["peer"], meta["repository"]
     n = len(summary["first"]["role"])
     installed = "; ".join(
@@ -726,7 +897,7 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
         "gets this role (`playbooks/gvisor.yml` with its default settings: controller download mode with a cold "
         "download cache, smoke test on change), the other image-builder's tasks; then each gets a first converge "
         "(gVisor not installed) and a no-change converge (the same run again). Which side runs first alternates "
-        f"from pair to pair{', after a warm-up pair that is not recorded' if args.warmup else ''}. Times are the "
+        f"from pair to pair{', after a warm-up pair that is not recorded' if opts['warmup'] else ''}. Times are the "
         "wall time of the whole `ansible-playbook` process. Both sides: `ANSIBLE_PIPELINING=1`, this repository's "
         "ansible.cfg, the same inventory style (`<node> ansible_connection=community.docker.docker`), "
         "`become: true`."
@@ -736,7 +907,7 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
         "containerd-shim-runsc-v1 with their published `.sha512`, and its `runsc install` command task, taken "
         f"unchanged except for the bucket URL (`{BUCKET}` → the mirror); it gathers facts as its node.yml play does "
         f"(`gather_facts: {str(peer['gather_facts']).lower()}`) and gets `sysusr_prefix: /usr/local`, "
-        f'`containerd_gvisor_runtime: true`, `containerd_gvisor_version: "{args.release}"`. It does less: '
+        f'`containerd_gvisor_runtime: true`, `containerd_gvisor_version: "{meta["release"]}"`. It does less: '
         "`runsc install` registers runsc with Docker (`/etc/docker/daemon.json`), not containerd: image-builder "
         "registers its `gvisor` handler in its containerd config.toml template, written (and containerd restarted) "
         "earlier in the same role for all of containerd, which is not part of this measurement. This role's first "
@@ -744,8 +915,6 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
         "starts a gVisor sandbox."
     )
     text = [
-        "# Benchmark: this role against image-builder's gVisor tasks, and converge cost by fleet size",
-        "",
         header,
         "",
         f"- Command: `{meta['command']}`",
@@ -762,7 +931,7 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
         f"- Peer: kubernetes-sigs/image-builder commit `{peer['commit']}` ({peer['commit_date']}), the gVisor "
         f"tasks of `{PEER_TASKS}` (sha256 `{peer['tasks_file_sha256'][:16]}…`), read at run time from the "
         f"{peer['source']}.",
-        f"- Release `{args.release}` ({', '.join(LOOSE)}: loose files, as the peer expects), "
+        f"- Release `{meta['release']}` ({', '.join(LOOSE)}: loose files, as the peer expects), "
         f"a loopback mirror (tests/mirror/server.py over the test mirror); runsc installed: {installed}.",
         "",
         "## This role against image-builder",
@@ -793,11 +962,12 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
         "",
     ]
     if fleet:
-        reps = f"{args.fleet_reps} run{'s' if args.fleet_reps > 1 else ''}"
+        fleet_reps = max(r.get("rep", 1) for r in fleet)
+        reps = f"{fleet_reps} run{'s' if fleet_reps > 1 else ''}"
         text += [
             "## This role by fleet size and download mode",
             "",
-            f"Release `{args.release}`, {reps} of each. Runs: **first** converge; **no change**, the same converge "
+            f"Release `{meta['release']}`, {reps} of each. Runs: **first** converge; **no change**, the same converge "
             "again; **pinned**, again with `containerd_gvisor_checksums` set. Requests and bytes are what the "
             "mirror's access log shows; a dated release already installed is recorded on the node, so neither "
             "no-change run asks the mirror anything.",
@@ -809,18 +979,93 @@ def write_report(args, meta, pairs, summary, versions, fleet, elapsed):
             fleet_phases(fleet),
             "",
         ]
-    if meta["fleet_skipped"]:
+    if meta.get("fleet_skipped"):
         text += [
-            f"Fleet runs skipped to stay within `--budget {args.budget:g}` s: {'; '.join(meta['fleet_skipped'])}.",
+            f"Fleet runs skipped to stay within `--budget {opts['budget']:g}` s: {'; '.join(meta['fleet_skipped'])}.",
             "",
         ]
-    text += ["![this role against image-builder, and by fleet size](bench.png)", ""]
+    return text
+
+
+def rollout_report(data):
+    """The rolling rollouts section, as lines of markdown."""
+    rollout = data["rollout"]
+    meta, rows = rollout["meta"], rollout["rows"]
+    main_meta = data.get("meta") or {}
+    if main_meta.get("date") == meta["date"] and main_meta.get("command") == meta["command"]:
+        source = f"Measured in the same run as the sections above (release `{meta['release']}`)."
+    else:
+        m, repo = meta["machine"], meta["repository"]
+        source = (
+            f"Measured{' on their own' if main_meta else ''} with `{meta['command']}`, {meta['date']}, on "
+            f"{m['nproc']} cores ({m['cpu']}, {m['memory']}, kernel {m['kernel']}), Docker {m['docker']}, "
+            f"ansible-core {m['ansible_core']}, Python {m['python']}; it took {meta['elapsed_s']:.0f} s. This "
+            f"repository: commit `{repo['commit']}`{' with uncommitted changes' if repo['dirty'] else ''}; the runs "
+            "used a copy of the collection taken at the start (its files' sha256 "
+            f"`{meta['role_files_sha256'][:16]}…`)"
+            f", node image `{meta['image']}`, ID `{meta['image_id'].split(':')[-1][:12]}`, release "
+            f"`{meta['release']}`."
+            + (
+                f" The sections above come from the run of {main_meta['date']}, kept from docs/bench.json."
+                if main_meta
+                else ""
+            )
+        )
+    loads = [r["load_before"] for r in rows]
+    reps = len({r["rep"] for r in rows})
+    text = [
+        "## Rolling rollouts",
+        "",
+        source,
+        "",
+        "`playbooks/gvisor.yml` over fresh node containers with `-e containerd_gvisor_serial=N` "
+        "(`containerd_gvisor_max_fail_percentage` left at its default, 0) and otherwise the role's default "
+        "settings (controller download mode, smoke test on change), against the bench's own loopback mirror. "
+        "ansible-playbook runs the play once per batch, one batch after the other. Runs: **first** converge "
+        "(gVisor not installed; the download cache is cold when the first batch starts, and kept for the later "
+        "batches), **no change**, the same converge again. A batch's time runs from its play's start to the next "
+        "play's start (or the end of the run), from bench/callback_plugins/bench_timer.py; the total is the wall "
+        "time of the whole `ansible-playbook` process, which adds its start-up, parsing and exit (outside the "
+        f"batches). {reps} repetition{'s' if reps != 1 else ''} of each; the machine's 1-minute load average "
+        f"before each run was {spread(loads, 1)} (median, min–max).",
+        "",
+        rollout_table(rows),
+        "",
+    ]
+    if meta.get("skipped"):
+        text += [
+            f"Rollouts skipped to stay within `--budget {meta['options']['budget']:g}` s: "
+            f"{'; '.join(meta['skipped'])}.",
+            "",
+        ]
+    return text
+
+
+def write_report(data):
+    sections = [
+        part
+        for part, present in (
+            ("this role against image-builder's gVisor tasks", data.get("pairs")),
+            ("converge cost by fleet size", data.get("fleet")),
+            ("rolling rollouts", (data.get("rollout") or {}).get("rows")),
+        )
+        if present
+    ]
+    title = ", ".join(sections[:-1]) + (" and " if len(sections) > 1 else "") + sections[-1]
+    text = [f"# Benchmark: {title}", ""]
+    if data.get("pairs"):
+        text += peer_and_fleet_report(data)
+    else:
+        text += ["Generated by `bench/bench.py`; do not edit by hand.", ""]
+    if (data.get("rollout") or {}).get("rows"):
+        text += rollout_report(data)
+    text += [f"![{title}](bench.png)", ""]
     (DOCS / "bench.md").write_text("\n".join(text))
 
 
-def main():
+def option_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--peer", metavar="DIR", help="an image-builder checkout (its root, or images/capi)")
     source.add_argument("--peer-git-dir", metavar="GIT_DIR", help="an image-builder git directory (bare or .git)")
     parser.add_argument("--peer-rev", default="HEAD", help="the revision of --peer-git-dir to read (default HEAD)")
@@ -832,94 +1077,173 @@ def main():
     parser.add_argument("--fleet-sizes", default="1,4", help="fleet sizes for this role alone (default 1,4)")
     parser.add_argument("--fleet-modes", default="controller,node")
     parser.add_argument("--fleet-reps", type=int, default=1, help="repetitions of each fleet size (default 1)")
-    parser.add_argument("--no-fleet", action="store_true", help="only the comparison with the peer")
+    parser.add_argument("--no-fleet", action="store_true", help="no fleet rows")
+    parser.add_argument("--rollout-sizes", default="4", help="fleet sizes of the rolling rollouts (default 4)")
+    parser.add_argument(
+        "--rollout-serials",
+        default="2",
+        help="containerd_gvisor_serial values of the rolling rollouts, e.g. 1,2,100%% (default 2)",
+    )
+    parser.add_argument("--rollout-reps", type=int, default=1, help="repetitions of each rollout (default 1)")
+    rollout = parser.add_mutually_exclusive_group()
+    rollout.add_argument("--no-rollout", action="store_true", help="no rolling rollouts")
+    rollout.add_argument(
+        "--only-rollout",
+        action="store_true",
+        help="only the rolling rollouts (no peer needed): they replace the rollout rows of docs/bench.json, whose "
+        "peer and fleet rows are kept, and docs/bench.md and bench.png are written again from it",
+    )
     parser.add_argument(
         "--budget",
         type=float,
         default=840,
-        help="seconds the run should stay under: fleet groups that would pass it are skipped (default 840, 0: none)",
+        help="seconds the run should stay under: fleet and rollout groups that would pass it are skipped "
+        "(default 840, 0: none)",
     )
+    return parser
+
+
+def previous_data():
+    """docs/bench.json as the last run left it, or {} when there is none (or it cannot be read)."""
+    try:
+        data = json.loads((DOCS / "bench.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def main():
+    parser = option_parser()
     args = parser.parse_args()
+    if not args.only_rollout and not (args.peer or args.peer_git_dir):
+        parser.error("one of the arguments --peer --peer-git-dir is required (unless --only-rollout)")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    try:
+        rollout_sizes = [int(s) for s in args.rollout_sizes.split(",") if s.strip()]
+        rollout_serials = [serial_value(s) for s in args.rollout_serials.split(",") if s.strip()]
+    except ValueError as error:
+        parser.error(f"--rollout-sizes/--rollout-serials: {error}")
+    if args.only_rollout and not (rollout_sizes and rollout_serials and args.rollout_reps > 0):
+        parser.error("--only-rollout needs at least one rollout size, serial and repetition")
+    if any(size < 1 for size in rollout_sizes):
+        parser.error("--rollout-sizes must be at least 1")
     release = release_dir(args.release, ARCH)
     missing = [name for file in LOOSE for name in (file, file + ".sha512") if not (release / name).exists()]
-    if missing:
+    if args.only_rollout and not release.is_dir():
+        raise SystemExit(f"bench: the mirror has no release {args.release} ({release}); run tests/mirror/build")
+    if missing and not args.only_rollout:
         raise SystemExit(
             f"bench: the mirror's release {args.release} ({release}) lacks {', '.join(missing)}; "
             "run tests/mirror/build"
         )
-    if (release / "gvisor.tar.bz2").exists():
+    if (release / "gvisor.tar.bz2").exists() and not args.only_rollout:
         log(
             f"note: release {args.release} also serves gvisor.tar.bz2, which this role prefers: the sides fetch "
             "different files"
         )
 
-    peer = Peer(args.peer, args.peer_git_dir, args.peer_rev)
+    peer = None if args.only_rollout else Peer(args.peer, args.peer_git_dir, args.peer_rev)
     started = time.monotonic()
-    meta = {
+    options = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("peer", "peer_git_dir", "peer_rev")  # the peer's source is in meta["peer"]
+    }
+    common = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": os.environ.get("BENCH_COMMAND") or shlex.join([sys.argv[0]] + sys.argv[1:]),
         "machine": machine(),
-        "peer": peer.meta(),
         "release": args.release,
         "image": IMAGE,
         "pipelining": True,
-        "fleet_skipped": [],
+        "options": options,
         "repository": {
             "commit": git("rev-parse", "HEAD", cwd=REPO),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", cwd=REPO)),
         },
     }
-    log(f"peer: image-builder {peer.commit[:12]} from the {peer.source}; {args.pairs} pairs, release {args.release}")
+    if peer:
+        log(
+            f"peer: image-builder {peer.commit[:12]} from the {peer.source}; {args.pairs} pairs, "
+            f"release {args.release}"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="containerd-gvisor-bench."))
     CURRENT["root"] = snapshot_collection(workdir / "collection")
     CURRENT["image"] = image_id(IMAGE) or IMAGE
-    meta["role_files_sha256"] = fingerprint(CURRENT["root"])
-    meta["image_id"] = CURRENT["image"]
+    common["role_files_sha256"] = fingerprint(CURRENT["root"])
+    common["image_id"] = CURRENT["image"]
+    pairs, summary, versions, fleet, rollout = [], {}, {}, [], []
+    fleet_skipped, rollout_skipped = [], []
     try:
-        pairs, versions = compare(peer, args.pairs, args.release, args.warmup, workdir)
-        summary = pair_summary(pairs)
-        for run, s in summary.items():
-            log(
-                f"{run}: role {med(s['role']):.2f} s, peer {med(s['peer']):.2f} s, ratio {s['ratio_of_medians']:.2f}x "
-                f"(target ≤ {s['target']}x: {'met' if s['met'] else 'NOT met'})"
-            )
-        fleet = []
-        if not args.no_fleet:
-            # A fleet group's time, guessed from the pairs: the first converge grows about half as fast as the fleet.
+        # A one-node group's time (first converge, no change, start-up), guessed from the pairs when there are some.
+        one = 35.0
+        if peer:
+            pairs, versions = compare(peer, args.pairs, args.release, args.warmup, workdir)
+            summary = pair_summary(pairs)
+            for run, s in summary.items():
+                log(
+                    f"{run}: role {med(s['role']):.2f} s, peer {med(s['peer']):.2f} s, "
+                    f"ratio {s['ratio_of_medians']:.2f}x "
+                    f"(target ≤ {s['target']}x: {'met' if s['met'] else 'NOT met'})"
+                )
             one = med(summary["first"]["role"]) + 2 * med(summary["no change"]["role"]) + 5
+        if peer and not args.no_fleet:
+            # The first converge grows about half as fast as the fleet.
             for size in [int(s) for s in args.fleet_sizes.split(",") if s]:
                 for mode in args.fleet_modes.split(","):
                     for rep in range(args.fleet_reps):
                         guess = one * (1 + 0.5 * (size - 1))
                         if args.budget and time.monotonic() - started + guess > args.budget:
                             log(f"fleet {mode} {size} nodes: skipped, about {guess:.0f} s more would pass --budget")
-                            meta["fleet_skipped"].append(f"{mode}, {size} nodes")
+                            fleet_skipped.append(f"{mode}, {size} nodes")
                             continue
                         fleet += [dict(r, rep=rep + 1) for r in fleet_one(mode, size, args.release, workdir)]
+        if not args.no_rollout:
+            for size in rollout_sizes:
+                for serial in rollout_serials:
+                    for rep in range(1, args.rollout_reps + 1):
+                        batches = batch_sizes(size, serial)
+                        # Batches run one after the other, each growing with its nodes as a fleet does.
+                        guess = sum(one * (1 + 0.5 * (b - 1)) for b in batches)
+                        if args.budget and time.monotonic() - started + guess > args.budget:
+                            log(
+                                f"rollout {size} nodes, serial {serial}: skipped, about {guess:.0f} s more "
+                                "would pass --budget"
+                            )
+                            rollout_skipped.append(f"{size} nodes, serial {serial}, repetition {rep}")
+                            continue
+                        rollout += rollout_one(size, serial, args.release, workdir, rep)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    meta["elapsed_s"] = round(elapsed, 1)
-    meta["working_tree_changed"] = fingerprint(REPO) != meta["role_files_sha256"]
-    meta["image_tag_moved"] = image_id(IMAGE) != meta["image_id"]
+    common["elapsed_s"] = round(elapsed, 1)
+    common["working_tree_changed"] = fingerprint(REPO) != common["role_files_sha256"]
+    common["image_tag_moved"] = image_id(IMAGE) != common["image_id"]
+    rollout_section = {"meta": dict(common, skipped=rollout_skipped), "rows": rollout}
+    if args.only_rollout:
+        # Keep what the last full run measured (its meta, the pairs and the fleet); replace only the rollouts.
+        data = previous_data()
+        if data.get("pairs"):
+            log(f"kept the peer comparison and fleet rows of {data['meta']['date']} from docs/bench.json")
+        else:
+            log("docs/bench.json holds no peer comparison: the report will have the rollouts only")
+        data["rollout"] = rollout_section
+    else:
+        meta = dict(common, peer=peer.meta(), fleet_skipped=fleet_skipped)
+        data = {
+            "meta": meta,
+            "summary": {run: dict(s.items()) for run, s in summary.items()},
+            "runsc_versions": versions,
+            "pairs": pairs,
+            "fleet": fleet,
+        }
+        if not args.no_rollout:
+            data["rollout"] = rollout_section
     DOCS.mkdir(exist_ok=True)
-    (DOCS / "bench.json").write_text(
-        json.dumps(
-            {
-                "meta": meta,
-                "summary": {run: dict(s.items()) for run, s in summary.items()},
-                "runsc_versions": versions,
-                "pairs": pairs,
-                "fleet": fleet,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    plot(pairs, summary, fleet, DOCS / "bench.png")
-    write_report(args, meta, pairs, summary, versions, fleet, elapsed)
+    (DOCS / "bench.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot(data, DOCS / "bench.png")
+    write_report(data)
     log(f"wrote docs/bench.md, docs/bench.json, docs/bench.png in {elapsed:.0f} s")
 
 

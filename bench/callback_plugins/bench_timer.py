@@ -5,7 +5,9 @@ for. A task result "reached the node" when it was not skipped, did not run on th
 (delegated to localhost) and is not an action that only ever runs on the control node (set_fact,
 assert, include_tasks, ...): each such result is at least one round trip to the node. For a loop,
 every item that reached the node is one module call ("node_calls"); the task counts once per host
-("on_node"). Used by bench/bench.py only.
+("on_node"). Every play is recorded too, from its start to the next play's start (or the end of the
+run), with the hosts that reported in it: with `serial`, ansible-playbook starts the play once per
+batch, so each batch is a play of its own. Used by bench/bench.py only.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ name: bench_timer
 type: aggregate
 short_description: task wall times and round trips for bench/bench.py
 description:
-  - Writes {tasks, stats} to the file named by $BENCH_TIMINGS; every task as
-    {task, role, action, seconds, hosts, skipped, on_node, node_calls}.
+  - Writes {tasks, plays, stats} to the file named by $BENCH_TIMINGS; every task as
+    {task, role, action, play, seconds, hosts, skipped, on_node, node_calls}, every play (a
+    batch, with serial) as {play, name, seconds, hosts}.
 requirements: [enable in callbacks_enabled]
 """
 
@@ -79,6 +82,8 @@ class CallbackModule(CallbackBase):
         self._tasks = []
         self._current = None
         self._item_hits = {}
+        self._plays = []
+        self._play = None
 
     def _start(self, task):
         self._finish()
@@ -88,6 +93,7 @@ class CallbackModule(CallbackBase):
             "task": task.get_name(),
             "role": role,
             "action": _short(task.action),
+            "play": len(self._plays) - 1 if self._play else None,
             "start": now,
             "end": now,
             "hosts": 0,
@@ -102,6 +108,14 @@ class CallbackModule(CallbackBase):
             self._current["seconds"] = round(self._current.pop("end") - self._current.pop("start"), 3)
             self._tasks.append(self._current)
             self._current = None
+
+    def _finish_play(self):
+        self._finish()
+        if self._play:
+            play, hosts = self._play
+            play["seconds"] = round(time.monotonic() - play.pop("start"), 3)
+            play["hosts"] = sorted(hosts)
+            self._play = None
 
     # Callbacks get results without their "skipped" key, so which callback fired tells a skip.
     @staticmethod
@@ -126,6 +140,8 @@ class CallbackModule(CallbackBase):
         current["end"] = time.monotonic()
         current["hosts"] += 1
         host = _host_of(result)
+        if self._play:
+            self._play[1].add(host)
         if skipped:
             current["skipped"] += 1
         elif isinstance(result._result.get("results"), list):  # a loop: its items were counted one by one
@@ -133,6 +149,12 @@ class CallbackModule(CallbackBase):
         elif self._reaches_node(result):
             current["on_node"] += 1
             current["node_calls"] += 1
+
+    def v2_playbook_on_play_start(self, play):
+        self._finish_play()
+        record = {"play": len(self._plays), "name": play.get_name(), "start": time.monotonic()}
+        self._plays.append(record)
+        self._play = (record, set())
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._start(task)
@@ -157,9 +179,10 @@ class CallbackModule(CallbackBase):
         self._item(result, skipped=True)
 
     def v2_playbook_on_stats(self, stats):
-        self._finish()
+        self._finish_play()
         path = os.environ.get("BENCH_TIMINGS")
         if path:
             hosts = sorted(stats.processed.keys())
             with open(path, "w", encoding="utf-8") as handle:
-                json.dump({"tasks": self._tasks, "stats": {h: stats.summarize(h) for h in hosts}}, handle, indent=1)
+                summary = {h: stats.summarize(h) for h in hosts}
+                json.dump({"tasks": self._tasks, "plays": self._plays, "stats": summary}, handle, indent=1)
