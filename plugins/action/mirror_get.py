@@ -100,7 +100,11 @@ class ActionModule(ActionBase):
                 break
             time.sleep(min(delay * 2 ** (attempt - 1), 60))
         result["attempts"] = attempt
-        if result.get("failed"):
+        mismatch = re.search(r"did not match ([0-9a-f]+); it was ([0-9a-f]+)", str(result.get("msg", "")))
+        if result.get("failed") and mismatch:
+            result["msg"] = (f"{os.path.basename(args['dest'])} from {args['url']} does not match its checksum: "
+                             f"expected sha512 {mismatch.group(1)}, got sha512 {mismatch.group(2)}")
+        elif result.get("failed"):
             result["reason"] = reason(result, args.get("timeout", 10), args.get("url_username") or "", where)
             if transient(result):
                 result["msg"] = f"GET {args['url']} failed: {result['reason']} (gave up after {attempt} tries)"
