@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 
 import containerd_config as filters
-from conftest import FIXTURES
+from unit_support import FIXTURES
 
 DEFAULTS_16 = (FIXTURES / "containerd-1.6-config-default.toml").read_text()
 DEFAULTS_21 = (FIXTURES / "containerd-2.1-config-default.toml").read_text()

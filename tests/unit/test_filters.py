@@ -13,7 +13,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 import containerd_config as filters
-from conftest import REPO
+from unit_support import REPO
 
 PATH = "/etc/containerd/config.toml"
 OPTIONS = {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}

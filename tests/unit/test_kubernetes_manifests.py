@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import REPO
+from unit_support import REPO
 
 KUBERNETES = "1.30"  # the oldest Kubernetes whose schema the manifests must pass
 GVISOR_DEFAULTS = yaml.safe_load((REPO / "roles" / "containerd_gvisor" / "defaults" / "main.yml").read_text())

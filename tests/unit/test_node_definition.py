@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from unit_support import REPO
 
 sys.path.insert(0, str(REPO / "tests"))
 import gvisor_node  # noqa: E402  (the tests/ helpers, beside the unit tests)

@@ -27,7 +27,7 @@ from ansible.module_utils.common.collections import ImmutableDict
 from ansible.parsing.dataloader import DataLoader
 from ansible.utils.vars import load_extra_vars
 
-from conftest import REPO
+from unit_support import REPO
 
 PACKER = REPO / "packer"
 JSON_PATH = PACKER / "node.json"

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO
+from unit_support import REPO
 
 README = (REPO / "README.md").read_text()
 ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| `(?P<default>[^`]*)` \|", re.M)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from conftest import make_tar, run_module, sha512
+from unit_support import make_tar, run_module, sha512
 
 # A runsc for the tests: answers --version with $RELEASE, and `do` with gVisor's banner unless $FAIL is set.
 RUNSC = """#!/bin/sh

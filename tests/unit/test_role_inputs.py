@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import REPO
+from unit_support import REPO
 
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 
