@@ -338,7 +338,9 @@ def test_upgrade_downgrade_and_latest_moving_install_the_right_files(node, mirro
 
 def test_a_run_stopped_before_restarting_containerd_is_finished_by_the_next(node, installed):
     # As if a run had written config.toml and stopped (interrupted, or its batch aborted) before the restart.
-    node.sh(f"touch -d '+5 seconds' {CONFIG}")
+    # The file is newer than containerd's start (by more than node_info's 1 s margin), and older than the
+    # restart the run makes. (A time in the future raced the run: a restart within it left the file newer.)
+    node.sh(f"sleep 2; touch {CONFIG}")
     pid = node.snapshot()["containerd"]["MainPID"]
     play = node.play()
 
