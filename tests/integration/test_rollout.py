@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -67,10 +68,18 @@ def test_a_failed_batch_stops_the_rollout_before_the_next_batch(nodes, mirror, t
 
 def test_with_every_node_healthy_the_batches_run_one_after_the_other(nodes, mirror, tmp_path):
     nodes[NODES[0]].write(CONFIG, (REPO / "tests" / "fixtures" / "containerd" / "bookworm-v2.toml").read_bytes())
+    seen = len(mirror.requests())
     rc, batches, stats = rollout(mirror, tmp_path, containerd_gvisor_serial=2)
 
     assert rc == 0, stats
     assert batches == [NODES[:2], NODES[2:]]
     assert all(stats[name]["failures"] == 0 for name in NODES)
+    # In controller mode the control node asks for each checksum once per batch, not once per node, and
+    # fetches each file once: the second batch finds it in the download cache.
+    requests = Counter(request["path"] for request in mirror.requests()[seen:])
+    base = f"/release/20240729/{ARCH}"
+    assert requests == {f"{base}/gvisor.tar.bz2.sha512": 2, f"{base}/runsc.sha512": 2,
+                        f"{base}/containerd-shim-runsc-v1.sha512": 2, f"{base}/runsc": 1,
+                        f"{base}/containerd-shim-runsc-v1": 1}
     for node in nodes.values():
         assert "Starting gVisor" in node.sh("/usr/local/bin/runsc --network=none do dmesg")
