@@ -163,6 +163,9 @@ def cgroup_volume(image):
 def start_node(name, image, initial_config=None, devices=()):
     """Start a node container as defined above and wait for systemd to finish booting it; with
     initial_config, containerd restarts with that config.toml. devices are the host's device nodes it gets."""
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode != 0:
+        raise RuntimeError(f"no {image} image: run tests/harness/start-docker and "
+                           f"tests/harness/build-images {image.rsplit(':', 1)[-1]}")
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "--cgroupns", "host",
                     *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],

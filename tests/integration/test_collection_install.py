@@ -114,8 +114,6 @@ def user_env(collections_path, bin_dir=VENV_BIN):
 
 @pytest.fixture(scope="module")
 def node(mirror, tmp_path_factory):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/start-docker and tests/harness/build-images bookworm")
     node = start_node(NODE, IMAGE, INITIAL_CONFIG)
     node.vars.update({
         "containerd_gvisor_runtime": True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -28,8 +27,6 @@ def docker_pid(node):
 
 @pytest.fixture(scope="module")
 def node(mirror, tmp_path_factory):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/build-images trixie-docker")
     node = start_node("docker-trixie", IMAGE)
     node.write(DAEMON_JSON, json.dumps(SETTINGS).encode())
     # These tests restart Docker more often in a minute than the start limit of Debian's unit allows.

@@ -13,7 +13,6 @@ import hashlib
 import os
 import shlex
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -35,8 +34,6 @@ OLD = "20240729"  # the loose layout
 @pytest.fixture(scope="module")
 def node(mirror, tmp_path_factory):
     """One fresh node for the module, removed afterwards (kept with CONTAINERD_GVISOR_KEEP_NODE=1)."""
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/start-docker and tests/harness/build-images trixie")
     node = start_node(NODE, IMAGE, INITIAL_CONFIG)
     node.vars.update({
         "containerd_gvisor_runtime": "true",

@@ -72,8 +72,6 @@ def private_mirror(work):
 
 @pytest.fixture(scope="module")
 def node(private_mirror, work):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/start-docker and tests/harness/build-images trixie")
     assert not os.path.exists(NODE_CA), f"{NODE_CA} must exist on the node only"
     node = start_node(NODE, IMAGE, INITIAL_CONFIG)
     node.vars.update({

@@ -23,8 +23,6 @@ NODES = [f"rollout-{i}" for i in range(1, 5)]
 
 @pytest.fixture(scope="module")
 def nodes(mirror, tmp_path_factory):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/build-images bookworm")
     with ThreadPoolExecutor(max_workers=4) as pool:
         started = list(pool.map(lambda name: start_node(name, IMAGE), NODES))
     yield {node.name: node for node in started}

@@ -8,7 +8,6 @@ but unusable" node. Each failure must leave the node as it was, byte for byte, c
 from __future__ import annotations
 
 import os
-import subprocess
 import tomllib
 
 import pytest
@@ -24,8 +23,6 @@ NEW = "20261005"  # a release from 20260520 on: its shim cannot work with contai
 
 
 def node_fixture(name, tmp_path_factory, mirror, devices=()):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode != 0:
-        pytest.fail(f"no {IMAGE} image: run tests/harness/build-images bookworm")
     node = start_node(name, IMAGE, INITIAL_CONFIG, devices=devices)
     node.vars.update({
         "containerd_gvisor_runtime": True, "containerd_gvisor_mirror_url": mirror.url, "containerd_gvisor_arch": ARCH,
