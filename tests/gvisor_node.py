@@ -24,6 +24,8 @@ CONFIG = "/etc/containerd/config.toml"
 RUNSC_TOML = "/etc/containerd/runsc.toml"
 BIN_DIR = "/usr/local/bin"
 STATE_DIR = "/var/lib/containerd-gvisor"
+# The task that changes the node: its result holds the sandboxes started ("smoke") and the services restarted.
+CHANGE_TASK = "Install the release, write the configuration, restart containerd and start gVisor sandboxes"
 
 # Everything a run may change, read in one `docker exec`: files by sha512, staging directories
 # left in /tmp, and containerd's main process (a restart changes MainPID and ActiveEnterTimestamp).

@@ -95,6 +95,19 @@ def node_toml(host, path):
     return tomllib.loads(host.file(path).content_string)
 
 
+DROPIN = "/etc/containerd/conf.d/gvisor.toml"
+
+
+def containerd_2(host):
+    """Whether the node runs containerd 2.x, which reads the handlers from the role's drop-in."""
+    return host.check_output("containerd --version").split()[2].lstrip("v").startswith("2.")
+
+
+def handlers_file(host, config="/etc/containerd/config.toml"):
+    """Where the role wrote the handlers' tables: its drop-in on containerd 2.x, config.toml on 1.x."""
+    return DROPIN if containerd_2(host) else config
+
+
 def dig(data, *keys):
     """data[k1][k2]... or None when any key is missing."""
     for key in keys:

@@ -57,11 +57,23 @@ def transient(result):
 
 
 class ActionModule(ActionBase):
-    """get_url when dest is given, else uri; tries and delay set the retries."""
+    """get_url when dest is given, else uri; tries and delay set the retries. `files` fetches several, in turn."""
 
     def run(self, tmp=None, task_vars=None):
         super().run(tmp, task_vars)
         args = dict(self._task.args)
+        if "files" not in args:
+            return self.fetch(args, task_vars)
+        files, results = args.pop("files"), []
+        for item in files:
+            result = self.fetch({**args, **{key: item[key] for key in ("url", "dest", "checksum")}}, task_vars,
+                                item.get("checksum_source"))
+            results.append(result)
+            if result.get("failed"):
+                return {**result, "results": results}
+        return {"changed": any(result.get("changed") for result in results), "results": results}
+
+    def fetch(self, args, task_vars, checksum_source=None):
         tries, delay = int(args.pop("tries", 4)), float(args.pop("delay", 3))
         module = "ansible.builtin.get_url" if "dest" in args else "ansible.builtin.uri"
         local = self._connection.transport == "local"
@@ -89,7 +101,7 @@ class ActionModule(ActionBase):
         if "dest" in args and not self._task.check_mode:
             # get_url downloads before it finds that dest's directory is missing.
             directory = os.path.dirname(os.path.expanduser(args["dest"]))
-            if self._connection.transport == "local":
+            if local:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             else:
                 self._execute_module(module_name="ansible.builtin.file", task_vars=task_vars,
@@ -102,8 +114,9 @@ class ActionModule(ActionBase):
         result["attempts"] = attempt
         mismatch = re.search(r"did not match ([0-9a-f]+); it was ([0-9a-f]+)", str(result.get("msg", "")))
         if result.get("failed") and mismatch:
+            source = f" ({checksum_source})" if checksum_source else ""
             result["msg"] = (f"{os.path.basename(args['dest'])} from {args['url']} does not match its checksum: "
-                             f"expected sha512 {mismatch.group(1)}, got sha512 {mismatch.group(2)}")
+                             f"expected sha512 {mismatch.group(1)}{source}, got sha512 {mismatch.group(2)}")
         elif result.get("failed"):
             result["reason"] = reason(result, args.get("timeout", 10), args.get("url_username") or "", where)
             if transient(result):

@@ -48,8 +48,11 @@ def record_problem(bin_dir, record):
 
 
 @contextlib.contextmanager
-def locked(state_dir):
-    """Hold an exclusive lock on the state directory's lock file, creating it when needed."""
+def locked(state_dir, create=True):
+    """Hold an exclusive lock on the state directory's lock file, creating both when needed (and asked to)."""
+    if not create and not os.path.isdir(state_dir):
+        yield
+        return
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     fd = os.open(os.path.join(state_dir, RECORD + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

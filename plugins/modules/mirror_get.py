@@ -18,12 +18,18 @@ description:
 author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   url:
-    description: The URL to fetch.
+    description: The URL to fetch (unless O(files) is given).
     type: str
-    required: true
   dest:
     description: Where M(ansible.builtin.get_url) writes the file; without it M(ansible.builtin.uri) is used.
     type: path
+  files:
+    description:
+      - Several files to fetch with M(ansible.builtin.get_url), in turn, each a dict of C(url), C(dest), C(checksum) and
+        C(checksum_source) (where the checksum comes from, for the message when a file does not match it); the
+        first failure ends the task. Instead of O(url) and O(dest).
+    type: list
+    elements: dict
   tries:
     description: Requests to make at most.
     type: int

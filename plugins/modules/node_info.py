@@ -15,35 +15,35 @@ DOCUMENTATION = r"""
 module: node_info
 short_description: Read what the containerd_gvisor role needs to know about a node, in one call
 description:
-  - Reads only; changes nothing. Returns the architecture, containerd's version, whether its
-    configuration parses (C(containerd config dump)) and its built-in defaults, which services
-    run, the contents of the given files, the gVisor install record checked against the files on
-    disk, the installed runsc's version and which device nodes exist.
+  - Reads only; changes nothing. Returns the architecture, containerd's version, its configuration file and
+    the files that imports, whether containerd parses them and its effective configuration (C(containerd config
+    dump)), its built-in defaults on containerd 1.x, which services run, the given files, the install record
+    checked against the files on disk, a change an earlier run left unfinished, the installed runsc's version,
+    which device nodes exist and whether the staging directory is on a noexec mount.
 author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   config_path:
     description: containerd's configuration file.
     type: path
     required: true
-  config_default:
-    description: Also return C(containerd config default).
-    type: bool
-    default: false
   bin_dir:
     description: Where runsc and its shim are installed.
     type: path
     required: true
   state_dir:
-    description: The directory holding the install record C(release.json).
+    description: The directory holding the install record C(release.json), C(handlers.json) and the journal.
     type: path
     required: true
+  staging_dir:
+    description: Where release files are staged; reported when its filesystem is mounted noexec.
+    type: path
   files:
     description: Further files to read (for example runsc.toml files or Docker's daemon.json).
     type: list
     elements: path
     default: []
   devices:
-    description: Device nodes whose existence to report.
+    description: Device nodes whose existence to report, besides C(/dev/kvm) and those of NVIDIA's driver.
     type: list
     elements: path
     default: []
@@ -51,7 +51,7 @@ options:
     description: systemd services whose state to report.
     type: list
     elements: str
-    default: [containerd]
+    default: [containerd, docker]
 """
 
 EXAMPLES = r"""
@@ -79,11 +79,15 @@ containerd:
   returned: always
   type: dict
 config:
-  description: The configuration file as O(files) returns files, plus C(dump_rc) and C(dump_error) of C(containerd config dump).
+  description: The configuration file as O(files) returns files, plus C(dump_rc), C(dump_error) and C(dump) of C(containerd config dump).
+  returned: always
+  type: dict
+imports:
+  description: Each file the configuration imports (globs and nested imports resolved as containerd does), as O(files) returns files.
   returned: always
   type: dict
 config_default:
-  description: The output of C(containerd config default), empty unless asked for.
+  description: The output of C(containerd config default) on containerd 1.x, empty on 2.x.
   returned: always
   type: str
 config_newer:
@@ -95,7 +99,9 @@ services:
   returned: always
   type: dict
 files:
-  description: Path to C(exists) and, when it does, C(content) (base64), C(owner), C(group) and C(mode).
+  description:
+    - Path to C(exists) and, when it does, C(content) (base64), C(owner), C(group) and C(mode), for O(files), the runsc.toml
+      files of the recorded handlers, C(handlers.json) and the list of kernel modules the role has loaded at boot.
   returned: always
   type: dict
 record:
@@ -110,8 +116,12 @@ record_problem:
   description: Why the files on disk differ from the record; empty when every recorded file matches.
   returned: always
   type: str
+unfinished:
+  description: The phase of a change an earlier run left unfinished (its journal), empty when there is none.
+  returned: always
+  type: str
 runsc_version:
-  description: The output of the installed runsc's C(--version), empty when it does not run.
+  description: The first line of the installed runsc's C(--version), empty when it does not run.
   returned: always
   type: str
 devices:
@@ -122,9 +132,14 @@ commands:
   description: C(ctr) and C(docker) to their path, empty when missing.
   returned: always
   type: dict
+staging_noexec:
+  description: The mount point holding O(staging_dir) when it is mounted noexec, else empty.
+  returned: always
+  type: str
 """
 
 import base64
+import glob
 import grp
 import json
 import os
@@ -136,6 +151,8 @@ from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.rel
     read_record,
     record_problem,
 )
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.transaction import Transaction
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.upstream import KVM_MODULES_LOAD, NVIDIA_DEVICES
 
 
 def read_file(path):
@@ -144,7 +161,7 @@ def read_file(path):
         with open(path, "rb") as handle:
             content = handle.read()
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return {"exists": False}
 
     def name(lookup, ident):
@@ -157,6 +174,25 @@ def read_file(path):
             "owner": name(pwd.getpwuid, st.st_uid), "group": name(grp.getgrgid, st.st_gid)}
 
 
+def imports_of(path, seen):
+    """The files a configuration file imports, resolved as containerd does (absolute, globs, nested)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return []
+    top = re.split(r"(?m)^\s*\[", text, maxsplit=1)[0]
+    found = re.search(r"(?m)^\s*imports\s*=\s*\[([^\]]*)\]", top)
+    resolved = []
+    for quoted in re.findall(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'", found.group(1) if found else ""):
+        entry = os.path.normpath(os.path.join(os.path.dirname(path), quoted[0] or quoted[1]))
+        for match in sorted(glob.glob(entry)) if "*" in entry else [entry]:
+            if match not in seen:
+                seen.add(match)
+                resolved += [match] + imports_of(match, seen)
+    return resolved
+
+
 def cpu_vendor():
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
@@ -166,29 +202,46 @@ def cpu_vendor():
     return match.group(1) if match else ""
 
 
-def config_newer(module, systemctl, path):
-    """Whether path changed after containerd's main process started (a run stopped before its restart)."""
+def config_newer(module, systemctl, paths):
+    """Whether a configuration file changed after containerd's main process started (a restart is pending)."""
     pid = module.run_command([systemctl, "show", "--property", "MainPID", "--value", "containerd"])[1].strip()
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
         with open("/proc/stat", encoding="ascii") as handle:
             boot = int(next(line for line in handle if line.startswith("btime")).split()[1])
-        return os.stat(path).st_mtime > boot + ticks / os.sysconf("SC_CLK_TCK") + 1
+        return max(os.stat(path).st_mtime for path in paths if os.path.exists(path)) > boot + ticks / os.sysconf("SC_CLK_TCK") + 1
     except (OSError, ValueError, IndexError, StopIteration):
         return False
+
+
+def noexec_mount(path):
+    """The mount point holding path (or its nearest existing parent) when it is mounted noexec."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    path, best = os.path.realpath(path), ("", False)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                    best = (point, "noexec" in fields[5].split(","))
+    except OSError:
+        return ""
+    return best[0] if best[1] else ""
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
             "config_path": {"type": "path", "required": True},
-            "config_default": {"type": "bool", "default": False},
             "bin_dir": {"type": "path", "required": True},
             "state_dir": {"type": "path", "required": True},
+            "staging_dir": {"type": "path"},
             "files": {"type": "list", "elements": "path", "default": []},
             "devices": {"type": "list", "elements": "path", "default": []},
-            "services": {"type": "list", "elements": "str", "default": ["containerd"]},
+            "services": {"type": "list", "elements": "str", "default": ["containerd", "docker"]},
         },
         supports_check_mode=True,
     )
@@ -201,30 +254,34 @@ def main():
         version = re.search(r"\sv?(\d+\.\d+\.\d+)", out)
         result["containerd"] = {"rc": rc, "version": version.group(1) if version else "", "stderr": err}
     result["config"] = read_file(params["config_path"])
-    if containerd and result["config"]["exists"]:
-        rc, _out, err = module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
-        result["config"].update(dump_rc=rc, dump_error=err.strip())
-    if containerd and params["config_default"]:
-        result["config_default"] = module.run_command([containerd, "config", "default"])[1]
+    result["imports"] = {path: read_file(path) for path in imports_of(params["config_path"], {params["config_path"]})}
+    if containerd:
+        rc, out, err = module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
+        result["config"].update(dump_rc=rc, dump_error=err.strip(), dump=out)
+        if not result["containerd"]["version"].startswith(("2.", "3.")):
+            result["config_default"] = module.run_command([containerd, "config", "default"])[1]
     systemctl = module.get_bin_path("systemctl")
     result["services"] = {}
     if systemctl and os.path.isdir("/run/systemd/system"):
         result["services"] = {name: module.run_command([systemctl, "is-active", "--quiet", name])[0] == 0
                               for name in params["services"]}
-    handlers = read_file(os.path.join(params["state_dir"], "handlers.json"))
+    record = os.path.join(params["state_dir"], "handlers.json")
+    handlers = read_file(record)
     try:
         result["handlers"] = json.loads(base64.b64decode(handlers["content"])) if handlers["exists"] else {}
     except ValueError:
         result["handlers"] = {}
-    paths = params["files"] + [path for path in result["handlers"].values() if isinstance(path, str)]
+    paths = params["files"] + [KVM_MODULES_LOAD, record] + [path for path in result["handlers"].values() if isinstance(path, str)]
     result["files"] = {path: read_file(path) for path in paths}
-    result["config_newer"] = config_newer(module, systemctl, params["config_path"]) if result["services"].get("containerd") else False
+    result["config_newer"] = config_newer(module, systemctl, [params["config_path"], *result["imports"]]) if result["services"].get("containerd") else False
     result["record"] = read_record(params["state_dir"])
     result["record_problem"] = record_problem(params["bin_dir"], result["record"])
+    result["unfinished"] = (Transaction(params["bin_dir"], params["state_dir"]).journal() or {}).get("phase", "")
     runsc = os.path.join(params["bin_dir"], "runsc")
-    result["runsc_version"] = module.run_command([runsc, "--version"])[1] if os.path.isfile(runsc) else ""
-    result["devices"] = {path: os.path.exists(path) for path in params["devices"]}
+    result["runsc_version"] = module.run_command([runsc, "--version"])[1].split("\n")[0] if os.path.isfile(runsc) else ""
+    result["devices"] = {path: os.path.exists(path) for path in ["/dev/kvm", *NVIDIA_DEVICES, *params["devices"]]}
     result["commands"] = {name: module.get_bin_path(name) or "" for name in ("ctr", "docker")}
+    result["staging_noexec"] = noexec_mount(params["staging_dir"]) if params["staging_dir"] else ""
     module.exit_json(**result)
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/python
 # Copyright: containerd-gvisor maintainers
 # Apache License 2.0 (see LICENSE)
-"""Change a node's gVisor as one transaction: release, configuration files and a sandbox that starts.
+"""Change a node's gVisor as one transaction: release, configuration, restarts and sandboxes that start.
 
-What Ansible's own modules cannot do: check every downloaded byte, ask the staged runsc which
-release it really is and refuse one the node's containerd cannot run, swap runsc, its shim and
-gvisor-bin/ into place so that no runsc is ever there without the files it needs (runsc last),
-write the configuration files beside it, start a real sandbox, and put all of it back when the
-sandbox does not start; in one round trip to the node, under one lock, keeping the previous
-state aside until the run has proven the new one.
+What Ansible's own modules cannot do: check every staged byte, ask the staged runsc which release it
+really is and refuse one the node's containerd cannot run, swap runsc, its shim and gvisor-bin/ into
+place so that no runsc is ever there without the files it needs (runsc last), write the configuration
+files, prove containerd's effective configuration, restart containerd and Docker and start real
+sandboxes, and put all of it back when anything fails, in one round trip under one lock, with a
+journal that lets the next run finish or undo a change that was killed half way.
 """
 
 from __future__ import annotations
@@ -16,397 +16,348 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: release
-short_description: Install, configure, prove or roll back gVisor on a node as one transaction
+short_description: Install, configure and prove gVisor on a node as one transaction, or take it off
 description:
-  - V(present) keeps what is installed aside, installs O(release) from O(staging_dir) (verified against its
-    sha512, after asking the staged runsc for its version and checking O(compatibility)), writes O(files),
-    then runs each O(smoke) command; when one does not print gVisor's banner in time, everything is put back.
-  - V(committed) drops what was kept aside; V(previous) puts it back; V(absent) removes gVisor and O(files).
+  - V(present) verifies O(release) from O(sources) and asks the staged runsc for its version (checking
+    O(compatibility) and O(platforms)), keeps what it replaces aside with a journal, installs the release, writes
+    O(files), checks containerd's effective configuration, starts each O(smoke) sandbox, restarts containerd and
+    Docker as O(containerd) and O(docker) say and proves them; when any step fails everything is put back.
+  - V(absent) does the same with the configuration that takes gVisor off, then removes the release and O(remove).
+  - V(recovered) finishes a change an earlier run left unfinished (it had been proven) or puts it back.
+  - The action plugin of the same name copies release files from the control node to the node first.
 author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   state:
     description: What to do.
     type: str
-    choices: [present, absent, previous, committed]
+    choices: [present, absent, recovered]
     default: present
   bin_dir:
     description: Directory of runsc, containerd-shim-runsc-v1 and gvisor-bin/.
     type: path
     required: true
   state_dir:
-    description: Directory of the install record C(release.json) and of what is kept aside.
+    description: Directory of the install record C(release.json), the lock and the journal.
     type: path
     required: true
+  staging_dir:
+    description: This run's staging directory. Its parent's other C(run-*) directories are leftovers and removed.
+    type: path
   release:
     description: The release to install (C(version), C(arch), C(layout), C(url), C(artifacts) file name to sha512); none keeps the installed one.
     type: dict
-  staging_dir:
-    description: Directory holding the downloaded files of O(release); removed afterwards.
-    type: path
-  compatibility:
-    description: C(containerd) (the node's version), C(rules) (C(gvisor_from), C(containerd_below), C(why), C(fix), C(source)) and C(ignore).
+  sources:
+    description: File name to the path of each downloaded release file on the node.
     type: dict
     default: {}
+  compatibility:
+    description: C(containerd) (the node's version) and C(ignore) (install a refused pair anyway).
+    type: dict
+    default: {}
+  platforms:
+    description: The platforms the handlers use; the staged release must have each.
+    type: list
+    elements: str
+    default: []
   files:
     description:
-      - Files to write (C(path), C(content), C(mode)), root-owned, their directory created when missing; C(content) null removes the file.
-      - C(validate) names a command that must accept the new text first (C(%s) is the candidate file); C(backup) keeps a timestamped copy.
+      - Files to write (C(path), C(content), C(mode)), root-owned; C(content) null removes the file. C(backup) keeps a
+        timestamped copy first. A symlink is followed, so its target is written and the link kept.
     type: list
     elements: dict
     default: []
   remove:
-    description: Further files that V(absent) removes.
+    description: Further files that V(absent) removes once containerd runs without gVisor.
     type: list
     elements: path
     default: []
   smoke:
-    description: Sandboxes to start after the change (C(name), C(argv)); each must print C(Starting gVisor) within O(timeout).
+    description: Sandboxes to start (C(name), C(argv)); each must print gVisor's banner within O(timeout).
     type: list
     elements: dict
     default: []
   timeout:
-    description: Seconds each O(smoke) command may take.
+    description: Seconds each sandbox may take.
     type: int
     default: 60
+  containerd:
+    description:
+      - C(config_path), C(socket), C(handlers) (name to the runtime type its effective configuration must show, empty
+        for none), C(restart) and C(ctr_smoke) (sandboxes through containerd, as O(smoke)).
+    type: dict
+    default: {}
+  docker:
+    description: C(restart), C(runtime) (Docker's name for it), C(present) (whether Docker must list it) and C(smoke) (an argv).
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
-- name: Install the staged release and prove it
+- name: Finish or undo a change an earlier run left unfinished
   gvisor_nodes.containerd_gvisor.release:
+    state: recovered
     bin_dir: /usr/local/bin
     state_dir: /var/lib/containerd-gvisor
-    staging_dir: /var/tmp/containerd-gvisor-staging
-    release: "{{ release }}"
-    smoke:
-      - name: gvisor
-        argv: [/usr/local/bin/runsc, --platform=systrap, --network=none, do, dmesg]
 """
 
 RETURN = r"""
 runsc_version:
-  description: What the installed runsc says of itself (C(runsc --version), first line), when a release was installed.
+  description: What the installed runsc says of itself (C(runsc --version), first line, without C(runsc version)).
   returned: success
   type: str
 smoke:
-  description: Name, argv, rc, stdout and stderr of each O(smoke) command run.
+  description: Name, argv, rc and stdout of each sandbox started.
   returned: always
   type: list
-previous:
-  description: The release recorded before the call, empty when there was none.
+restarted:
+  description: The services restarted on the new configuration (C(containerd), C(docker)).
   returned: always
-  type: dict
+  type: list
+msg:
+  description: What a V(recovered) call did.
+  returned: always
+  type: str
 """
 
 import json
 import os
-import re
 import shutil
-import tarfile
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
-    RECORD,
-    locked,
-    read_record,
-    sha512_of,
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import proof
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import RECORD, locked, read_record
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.transaction import (
+    NAMES,
+    Failure,
+    Transaction,
+    clean_leftovers,
+    install,
+    remove,
+    stage,
+    target,
+    test_hook,
+    write,
 )
-
-RUNSC = "runsc"
-SHIM = "containerd-shim-runsc-v1"
-HELPERS = "gvisor-bin"
-NAMES = (HELPERS, SHIM, RUNSC)  # the order files go into place: runsc last
-
-
-class Refusal(Exception):
-    """Why the change was not made; the node is as it was."""
-
-
-def remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
 
 
 def read_text(path):
-    """A file's text, empty when it does not exist."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return ""
 
 
-def write(path, data, mode=0o644):
-    """Write bytes to a temporary file beside path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.new-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            os.fchmod(handle.fileno(), mode)
-            if os.geteuid() == 0:
-                os.fchown(handle.fileno(), 0, 0)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-
-
-def unpack(staging, release):
-    """Verify the staged files and return {path relative to bin_dir: file} of what to install."""
-    for name, digest in release["artifacts"].items():
-        path = os.path.join(staging, name)
-        if not os.path.isfile(path) or sha512_of(path) != digest.lower():
-            raise Refusal(f"{path} is missing or does not match its sha512 {digest}")
-    if release["layout"] == "loose":
-        return {name: os.path.join(staging, name) for name in (RUNSC, SHIM)}
-    archive, files = os.path.join(staging, next(iter(release["artifacts"]))), {}
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar.getmembers():
-                parts = [part for part in member.name.split("/") if part not in ("", ".")]
-                if member.name.startswith("/") or ".." in parts:
-                    raise Refusal(f"{archive} holds the unsafe member {member.name!r}")
-                if member.isdir() or not (parts in ([RUNSC], [SHIM]) or parts[:1] == [HELPERS]):
-                    continue
-                if not member.isreg():
-                    raise Refusal(f"{archive} member {member.name!r} is not a regular file")
-                target = os.path.join(staging, "unpacked", *parts)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                files["/".join(parts)] = target
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise Refusal(f"{archive} cannot be unpacked ({err}); tar.bz2 and tar.gz archives are supported") from None
-    if {RUNSC, SHIM} - set(files):
-        raise Refusal(f"{archive} lacks {' and '.join(sorted({RUNSC, SHIM} - set(files)))} at its top level")
-    return files
-
-
-def version_tuple(text):
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
-
-
-def check_compatibility(module, runsc, compatibility):
-    """Ask the staged runsc what it is; refuse a release the rules say this containerd cannot run."""
-    os.chmod(runsc, 0o700)
-    rc, out, err = module.run_command([runsc, "--version"])
-    if rc != 0:
-        raise Refusal(f"the staged runsc does not run ({runsc} --version: {(err or out).strip()})")
-    name = out.splitlines()[0].replace("runsc version ", "") if out else ""
-    date = re.search(r"(?:release-|~)(\d{8})", name)
-    containerd = compatibility.get("containerd") or ""
-    for rule in compatibility.get("rules") or []:
-        if (date and containerd and int(date.group(1)) >= int(rule["gvisor_from"])
-                and version_tuple(containerd) < version_tuple(str(rule["containerd_below"]))):
-            if compatibility.get("ignore"):
-                module.warn(f"gVisor {name} with containerd {containerd}: {rule['why']}; installed anyway, as asked.")
-                continue
-            raise Refusal(f"gVisor {name} (what the release's runsc --version says) does not work with containerd "
-                          f"{containerd} on this node: {rule['why']} ({rule['source']}). {rule['fix']}")
-    return name
-
-
-def install(bin_dir, files):
-    """Put the files in place: gvisor-bin/ swapped whole, then the shim, then runsc."""
-    os.makedirs(bin_dir, mode=0o755, exist_ok=True)
-    target = os.path.join(bin_dir, HELPERS)
-    helpers = {path[len(HELPERS) + 1:]: src for path, src in files.items() if path.startswith(HELPERS + "/")}
-    if helpers:
-        new = tempfile.mkdtemp(dir=bin_dir, prefix=f".{HELPERS}.new-")
-        os.chmod(new, 0o755)
-        for path, src in helpers.items():
-            os.makedirs(os.path.dirname(os.path.join(new, path)), mode=0o755, exist_ok=True)
-            with open(src, "rb") as handle:
-                write(os.path.join(new, path), handle.read(), 0o755)
-        remove(target + ".old")
-        if os.path.lexists(target):
-            os.rename(target, target + ".old")
-        os.rename(new, target)
-        remove(target + ".old")
-    else:
-        remove(target)  # the helpers of the release installed before
-    for name in (SHIM, RUNSC):
-        with open(files[name], "rb") as handle:
-            write(os.path.join(bin_dir, name), handle.read(), 0o755)
-    return {path: sha512_of(os.path.join(bin_dir, path)) for path in files}
-
-
-class Transaction:
-    """What a change replaces, kept in state_dir/previous until committed or put back."""
-
-    def __init__(self, bin_dir, state_dir):
-        self.bin_dir, self.state_dir = bin_dir, state_dir
-        self.dir = os.path.join(state_dir, "previous")
-
-    def keep(self, binaries, paths):
-        """Copy the installed release (when it is about to change) and the given files aside."""
-        remove(self.dir)
-        os.makedirs(os.path.join(self.dir, "files"), mode=0o700)
-        manifest = {"binaries": binaries, "files": []}
-        for index, path in enumerate(paths):
-            entry = {"path": path, "exists": os.path.lexists(path)}
-            if entry["exists"]:
-                st = os.stat(path)
-                entry.update(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid)
-                shutil.copyfile(path, os.path.join(self.dir, "files", str(index)))
-            manifest["files"].append(entry)
-        for name in NAMES + (RECORD,) if binaries else ():
-            source = os.path.join(self.state_dir if name == RECORD else self.bin_dir, name)
-            if os.path.isdir(source):
-                shutil.copytree(source, os.path.join(self.dir, name), symlinks=True)
-            elif os.path.lexists(source):
-                shutil.copy2(source, os.path.join(self.dir, name), follow_symlinks=False)
-        with open(os.path.join(self.dir, "manifest.json"), "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle)
-
-    def put_back(self):
-        """Restore what was kept aside; False when nothing was."""
-        try:
-            with open(os.path.join(self.dir, "manifest.json"), encoding="utf-8") as handle:
-                manifest = json.load(handle)
-        except (OSError, ValueError):
-            return False
-        for index, entry in enumerate(manifest["files"]):
-            if not entry["exists"]:
-                remove(entry["path"])
-                continue
-            with open(os.path.join(self.dir, "files", str(index)), "rb") as handle:
-                write(entry["path"], handle.read(), entry["mode"])
-            os.chown(entry["path"], entry["uid"], entry["gid"])
-        if manifest["binaries"]:
-            kept = {name: os.path.join(self.dir, name) for name in (SHIM, RUNSC) if os.path.lexists(os.path.join(self.dir, name))}
-            for root, _dirs, names in os.walk(os.path.join(self.dir, HELPERS)):
-                kept.update({os.path.relpath(os.path.join(root, n), self.dir): os.path.join(root, n) for n in names})
-            if {SHIM, RUNSC} <= set(kept):
-                install(self.bin_dir, kept)
-            else:
-                for name in NAMES:
-                    remove(os.path.join(self.bin_dir, name))
-            if os.path.exists(os.path.join(self.dir, RECORD)):
-                os.replace(os.path.join(self.dir, RECORD), os.path.join(self.state_dir, RECORD))
-            else:
-                remove(os.path.join(self.state_dir, RECORD))
-        remove(self.dir)
-        return True
-
-
-def write_files(module, files):
-    """Write or remove each file; a file with a validate command must pass it first."""
+def write_files(files):
     for entry in files:
-        path = entry["path"]
+        path = target(entry["path"])
         if entry.get("content") is None:
             remove(path)
             continue
-        data = entry["content"].encode("utf-8")
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if entry.get("backup") and os.path.isfile(path):
             shutil.copy2(path, f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~")
-        if entry.get("validate"):
-            fd, candidate = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.check-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            rc, out, err = module.run_command(entry["validate"].replace("%s", candidate))
-            remove(candidate)
-            if rc != 0:
-                raise Refusal(f"{entry['validate'].replace('%s', path)} refuses the new {path}: {(err or out).strip()}")
-        write(path, data, int(str(entry.get("mode") or "0644"), 8))
+        write(path, entry["content"].encode("utf-8"), int(str(entry.get("mode") or "0644"), 8))
 
 
-def start_sandbox(module, command, timeout):
-    """Run one smoke-test command; coreutils' timeout kills it, and the sandbox it started, when it takes too long."""
-    rc, out, err = module.run_command(["timeout", "--kill-after=5", str(timeout)] + command["argv"])
-    return {"name": command["name"], "argv": command["argv"], "rc": rc, "stdout": out,
-            "stderr": f"timed out after {timeout} s" if rc in (124, 137) else err}
+def holding(bin_dir, state_dir):
+    """What the node holds now, read from it: for messages after a rollback."""
+    release = read_record(state_dir).get("release", {})
+    held = f"gVisor {release['version']} ({release['layout']})" if release else "no gVisor"
+    return f"{held} in {bin_dir}"
 
 
-def present(module, result):
-    params = module.params
-    bin_dir, state_dir, release = params["bin_dir"], params["state_dir"], params["release"]
-    try:
-        files = unpack(params["staging_dir"], release) if release else None
-        if files:
-            result["runsc_version"] = check_compatibility(module, files[RUNSC], params["compatibility"])
-        result["changed"] = bool(files or params["files"])
-        with locked(state_dir):
-            result["previous"] = read_record(state_dir).get("release", {})
-            transaction = Transaction(bin_dir, state_dir)
-            if result["changed"]:
-                transaction.keep(bool(files), [entry["path"] for entry in params["files"]])
+class Change:
+    """One call's change: keep aside, change, prove; put back and explain on failure."""
+
+    def __init__(self, module):
+        self.module, self.p = module, module.params
+        self.run = self.command
+        self.tx = Transaction(self.p["bin_dir"], self.p["state_dir"])
+        self.restarted = []  # services restarted on the new configuration
+        self.result = {"changed": False, "smoke": [], "restarted": self.restarted, "msg": ""}
+
+    def fail(self, msg):
+        self.module.fail_json(**{**self.result, "msg": msg})
+
+    def command(self, argv):
+        """(rc, stdout, stderr) of a command; one that cannot be started answers like a shell would (127)."""
+        try:
+            return self.module.run_command(argv, handle_exceptions=False)
+        except OSError as err:
+            return 127, "", f"{argv[0]}: {err.strerror}"
+
+    def prove(self, containerd, docker):
+        """Every check, in the order a user would run them; the restarts come after the cheap checks."""
+        if containerd.get("handlers") and (self.p["files"] or self.p["release"]):
+            proof.effective_config(self.run, containerd["config_path"], containerd["handlers"])
+        for command in self.p["smoke"]:
+            self.result["smoke"].append(proof.sandbox(self.run, command, self.p["timeout"]))
+        test_hook("smoked")
+        if containerd.get("restart"):
+            self.restarted.append("containerd")
+            proof.restart_containerd(self.run, containerd)
+            test_hook("restarted")
+        for command in containerd.get("ctr_smoke") or []:
+            self.result["smoke"].append(proof.ctr_sandbox(self.run, command, containerd["socket"], self.p["timeout"]))
+        if docker.get("restart"):
+            self.restarted.append("docker")
+            proof.restart_docker(self.run, docker)
+        if docker.get("smoke"):
+            self.result["smoke"].append(proof.sandbox(self.run, {"name": docker["runtime"], "argv": docker["smoke"]},
+                                                      self.p["timeout"]))
+
+    def apply(self, staged):
+        containerd, docker = self.p["containerd"], self.p["docker"]
+        restarts = [name for name, spec in (("containerd", containerd), ("docker", docker)) if spec.get("restart")]
+        self.tx.begin(bool(staged) or self.p["state"] == "absent", [target(f["path"]) for f in self.p["files"]]
+                      + self.p["remove"], restarts)
+        test_hook("kept")
+        try:
+            if staged:
+                installed = install(self.p["bin_dir"], staged)
+                record = {"release": self.p["release"], "installed_files": installed, "runsc_version": self.result["runsc_version"]}
+                write(os.path.join(self.p["state_dir"], RECORD), json.dumps(record, indent=2, sort_keys=True).encode() + b"\n", 0o600)
+                test_hook("installed")
+            write_files(self.p["files"])
+            test_hook("written")
+            self.prove(containerd, docker)
+            self.tx.mark("proven")
+            test_hook("proven")
+        except Failure as why:
+            self.fail_back(str(why))
+        except Exception as err:  # an unexpected error must not leave the node half changed either
+            self.fail_back(f"{type(err).__name__}: {err}")
+        if self.p["state"] == "absent":
+            for path in [os.path.join(self.p["bin_dir"], name) for name in NAMES] + self.p["remove"]:
+                remove(path)
+            remove(os.path.join(self.p["state_dir"], RECORD))
+        self.tx.commit()
+
+    def fail_back(self, why):
+        """Put back what this change kept, restart what it restarted, and fail saying what the node has now."""
+        self.tx.put_back()
+        containerd, journal = self.p["containerd"], ""
+        if "containerd" in self.restarted:
+            journal = proof.last_log_lines(self.run)
+            self.run(["systemctl", "restart", "containerd"])
+            back = proof.wait(self.run, ["ctr", "--address", containerd["socket"], "version"])[0] == 0
+        if "docker" in self.restarted:
+            self.run(["systemctl", "reset-failed", "docker"])
+            self.run(["systemctl", "restart", "docker"])
+        now, config = holding(self.p["bin_dir"], self.p["state_dir"]), containerd.get("config_path", "config.toml")
+        if not self.restarted:
+            what = "installed" if self.p["release"] else "configured" if self.p["state"] == "present" else "removed"
+            name = (self.p["release"] or {}).get("version", "")
+            msg = (f"gVisor {name + ' ' if name else ''}was not {what}: {why}. The node is back on its previous release and "
+                   f"configuration: it keeps {now} and its configuration, and containerd was not restarted.")
+        else:
+            lead = ("A gVisor sandbox did not start" if why.startswith("a gVisor sandbox") else
+                    f"containerd did not come up with the new {config}" if self.restarted == ["containerd"]
+                    else "Docker did not take gVisor")
+            msg = (f"{lead} ({why}). "
+                   + (f"containerd's last log lines: [{journal}]. " if "containerd" in self.restarted else "")
+                   + f"The previous {config} was put back"
+                   + (f" and containerd {'is running with it again' if back else 'did not start with it either: see journalctl -u containerd'}"
+                      if "containerd" in self.restarted else "")
+                   + f". So were gVisor's previous files: the node has {now}.")
+        self.fail(msg)
+
+    def present(self):
+        staging = self.p["staging_dir"]
+        staged = None
+        if self.p["release"] and not self.module.check_mode:  # (check mode downloads nothing)
             try:
-                if files:
-                    installed = install(bin_dir, files)
-                    write(os.path.join(state_dir, RECORD), json.dumps(
-                        {"release": release, "installed_files": installed, "runsc_version": result["runsc_version"]},
-                        indent=2, sort_keys=True).encode() + b"\n")
-                write_files(module, params["files"])
-                for command in params["smoke"]:
-                    run = start_sandbox(module, command, params["timeout"])
-                    result["smoke"].append(run)
-                    if run["rc"] != 0 or "Starting gVisor" not in run["stdout"]:
-                        # runsc's last words, without the usage text it prints after a bad flag
-                        said = " | ".join(run["stderr"].split("Usage:", maxsplit=1)[0].strip().splitlines()[-3:])
-                        said = said or run["stdout"].strip() or "no output"
-                        raise Refusal(f"a gVisor sandbox did not start with runtime handler {run['name']} "
-                                      f"({' '.join(run['argv'])}): {said}")
-            except BaseException:
-                transaction.put_back()
-                raise
-    finally:
-        if params["staging_dir"]:
-            remove(params["staging_dir"])
+                staged = stage(self.p["sources"], self.p["release"], staging)
+                self.result["runsc_version"] = proof.runsc_release(self.run, staged["runsc"], self.p["compatibility"],
+                                                                   self.p["platforms"], self.module.warn)
+            except Failure as why:
+                self.fail(f"gVisor {self.p['release']['version']} was not installed: {why}. The node is unchanged: it keeps "
+                          f"{holding(self.p['bin_dir'], self.p['state_dir'])} and its configuration, and containerd was not "
+                          "restarted.")
+        self.result["changed"] = bool(self.p["release"] or self.p["files"] or self.p["containerd"].get("restart"))
+        if not self.module.check_mode and (self.result["changed"] or self.p["smoke"]):
+            self.apply(staged)
+        self.result.setdefault("runsc_version", read_record(self.p["state_dir"]).get("runsc_version", ""))
+
+    def absent(self):
+        installed = [os.path.join(self.p["bin_dir"], name) for name in NAMES] + self.p["remove"]
+        self.result["changed"] = bool(self.p["files"]) or any(os.path.lexists(path) for path in installed) or os.path.isdir(
+            self.p["state_dir"])
+        if self.module.check_mode or not self.result["changed"]:
+            return
+        self.apply(None)
+        for name in (RECORD + ".lock", "handlers.json", "staging"):
+            remove(os.path.join(self.p["state_dir"], name))
+        if os.path.isdir(self.p["state_dir"]) and not os.listdir(self.p["state_dir"]):
+            os.rmdir(self.p["state_dir"])
+
+    def recovered(self):
+        journal = self.tx.journal()
+        if not journal:
+            return
+        self.result["changed"] = True
+        if self.module.check_mode:
+            return
+        if journal["phase"] == "proven":
+            self.tx.commit()
+            self.result["msg"] = "A change an earlier run made had been proven before that run was stopped: it was kept."
+            return
+        restarts = self.tx.put_back()
+        for service in restarts:
+            self.run(["systemctl", "reset-failed", service])
+            self.run(["systemctl", "restart", service])
+        self.result["msg"] = (f"An earlier run was stopped before its change was proven: what it had replaced was put back"
+                              f"{' and ' + ' and '.join(restarts) + ' restarted' if restarts else ''}; the node has "
+                              f"{holding(self.p['bin_dir'], self.p['state_dir'])}.")
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
-            "state": {"type": "str", "choices": ["present", "absent", "previous", "committed"], "default": "present"},
+            "state": {"type": "str", "choices": ["present", "absent", "recovered"], "default": "present"},
             "bin_dir": {"type": "path", "required": True},
             "state_dir": {"type": "path", "required": True},
-            "release": {"type": "dict"},
             "staging_dir": {"type": "path"},
+            "release": {"type": "dict"},
+            "sources": {"type": "dict", "default": {}},
             "compatibility": {"type": "dict", "default": {}},
+            "platforms": {"type": "list", "elements": "str", "default": []},
             "files": {"type": "list", "elements": "dict", "default": []},
             "remove": {"type": "list", "elements": "path", "default": []},
             "smoke": {"type": "list", "elements": "dict", "default": []},
             "timeout": {"type": "int", "default": 60},
+            "containerd": {"type": "dict", "default": {}},
+            "docker": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
     params = module.params
-    bin_dir, state_dir, state = params["bin_dir"], params["state_dir"], params["state"]
-    result = {"changed": True, "smoke": [], "previous": read_record(state_dir).get("release", {})}
+    change = Change(module)
+    # A state directory this call creates must not stay behind when no change happens.
+    created = not os.path.isdir(params["state_dir"])
     if module._diff:
-        result["diff"] = [{"before_header": entry["path"], "after_header": entry["path"], "after": entry.get("content") or "",
-                           "before": read_text(entry["path"])} for entry in params["files"]]
-    transaction = Transaction(bin_dir, state_dir)
+        change.result["diff"] = [{"before_header": f["path"], "after_header": f["path"], "after": f.get("content") or "",
+                                  "before": read_text(target(f["path"]))} for f in params["files"]]
     try:
-        if state in ("committed", "previous"):
-            result["changed"] = os.path.isdir(transaction.dir)
-            if result["changed"] and not module.check_mode:
-                with locked(state_dir):
-                    transaction.put_back() if state == "previous" else remove(transaction.dir)
-        elif module.check_mode:
-            pass
-        elif state == "present":
-            present(module, result)
-        else:
-            paths = [os.path.join(bin_dir, name) for name in NAMES] + params["remove"]
-            result["changed"] = any(os.path.lexists(path) for path in paths) or os.path.isdir(state_dir)
-            for path in paths:
-                remove(path)
-            for name in ("previous", RECORD, RECORD + ".lock"):
-                remove(os.path.join(state_dir, name))
-            if os.path.isdir(state_dir) and not os.listdir(state_dir):
-                os.rmdir(state_dir)
-    except Refusal as err:
-        module.fail_json(msg=str(err), **result)
+        with locked(params["state_dir"], create=params["state"] == "present" and not module.check_mode):
+            if params["state"] != "recovered" and change.tx.journal():
+                change.fail("Another run's change of gVisor on this node was stopped half way after this run read "
+                                     "the node; run again: it finishes or undoes that change first.")
+            if params["staging_dir"] and params["state"] != "recovered":
+                clean_leftovers(params["bin_dir"], os.path.dirname(params["staging_dir"]), params["staging_dir"])
+            getattr(change, params["state"])()
     except OSError as err:
-        module.fail_json(msg=f"gVisor could not be changed in {bin_dir}: {err}", **result)
-    module.exit_json(**result)
+        change.fail(f"gVisor could not be changed in {params['bin_dir']}: {err}")
+    finally:
+        if params["staging_dir"]:
+            remove(params["staging_dir"])
+            if os.path.isdir(os.path.dirname(params["staging_dir"])) and not os.listdir(os.path.dirname(params["staging_dir"])):
+                os.rmdir(os.path.dirname(params["staging_dir"]))
+        if created and os.path.isdir(params["state_dir"]) and set(os.listdir(params["state_dir"])) <= {RECORD + ".lock"}:
+            shutil.rmtree(params["state_dir"])
+    module.exit_json(**change.result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gvisor_mirror import point_latest, served_bytes
-from gvisor_node import ARCH, BIN_DIR, CONFIG, RUNSC_TOML, STATE_DIR, remove_node, start_node
+from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, STATE_DIR, remove_node, start_node
 from gvisor_testinfra import REPO, RUNTIME_TYPE, expected_files, handler_table, runsc_version_line, uses_archive
 
 # containerd 1.7 runs every release the mirror serves, of both layouts.
@@ -341,7 +341,7 @@ def test_a_run_stopped_before_restarting_containerd_is_finished_by_the_next(node
     pid = node.snapshot()["containerd"]["MainPID"]
     play = node.play()
 
-    assert play.ok and play.result("Restart containerd")["changed"], play
+    assert play.ok and play.result(CHANGE_TASK)["restarted"] == ["containerd"], play
     assert node.snapshot()["containerd"]["MainPID"] != pid
     assert_cri_ok(node)
     again = node.play()
@@ -365,7 +365,7 @@ def test_a_handler_taken_off_the_list_leaves_containerd_and_the_other_stays(node
     assert play.ok, play
     assert effective_runtime_type(node, "gvisor-debug") == RUNTIME_TYPE
     assert tomllib.loads(node.read("/etc/containerd/runsc-debug.toml").decode())["log_level"] == "debug"
-    smoke = play.result("Install the release, write the configuration and start a gVisor sandbox")["smoke"]
+    smoke = play.result(CHANGE_TASK)["smoke"]
     assert [run["name"] for run in smoke] == ["gvisor", "gvisor-debug"]
 
     play = node.play(containerd_gvisor_handlers=TWO_HANDLERS[:1])
@@ -406,7 +406,7 @@ def test_two_runs_at_once_leave_one_whole_release(node):
     plays = [node.finish(run) for run in runs]
 
     assert all(play.ok for play in plays), plays
-    assert all(play.result("Install the release, write the configuration and start a gVisor sandbox")["changed"]
+    assert all(play.result(CHANGE_TASK)["changed"]
                for play in plays)
     recorded = node.release()["release"]["version"]
     assert recorded in (OLD, BASELINE)

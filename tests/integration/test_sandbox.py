@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from gvisor_node import ARCH, BIN_DIR, CONFIG, RUNSC_TOML, remove_node, start_node
+from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, remove_node, start_node
 from gvisor_testinfra import REPO, RUNTIME_TYPE, handler_table, runsc_version_line
 
 IMAGE = "containerd-gvisor-node:bookworm"
@@ -79,7 +79,7 @@ def test_a_compatible_release_is_installed_and_its_sandbox_started(node):
     play = node.play(containerd_gvisor_version=COMPATIBLE)
 
     assert play.ok, play
-    smoke = play.result("Install the release, write the configuration and start a gVisor sandbox")["smoke"]
+    smoke = play.result(CHANGE_TASK)["smoke"]
     assert [run["name"] for run in smoke] == ["gvisor"] and "Starting gVisor" in smoke[0]["stdout"]
     assert node.sh(f"{BIN_DIR}/runsc --version").splitlines()[0] == runsc_version_line(COMPATIBLE, ARCH)
     assert 'platform = "systrap"' in node.read(RUNSC_TOML).decode()

@@ -10,12 +10,15 @@ import pytest
 import yaml
 
 from gvisor_testinfra import (
+    DROPIN,
     REPO,
     RUNTIME_TYPE,
     SHIM,
     assert_gvisor_banner,
+    containerd_2,
     expected_files,
     handler_table,
+    handlers_file,
     node_sha512,
     node_toml,
     runsc_version_line,
@@ -70,10 +73,13 @@ def test_runsc_reports_the_release(host, node):
 
 
 def test_each_handler_has_its_table_at_the_path_for_the_files_version(host, node):
-    config = node_toml(host, CONFIG)
+    # containerd 2.x: in the role's drop-in, in config.toml's version; 1.x: in config.toml itself.
+    path = handlers_file(host, CONFIG)
+    config = node_toml(host, path)
+    assert config.get("version", 1) == node_toml(host, CONFIG).get("version", 1)
     for handler in node["handlers"]:
         table = handler_table(config, handler["name"])
-        assert table is not None, f"no {handler['name']} runtime in {CONFIG}"
+        assert table is not None, f"no {handler['name']} runtime in {path}"
         assert table["runtime_type"] == RUNTIME_TYPE
         assert table["options"] == {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": handler["runsc_config_path"]}
         assert table.get("runtime_path") == (f"{node['bin_dir']}/{SHIM}" if node["bin_dir"] in OFF_PATH else None)
@@ -90,6 +96,9 @@ def test_everything_already_in_the_config_is_kept(host, node):
     after = node_toml(host, CONFIG)
     for handler in node["handlers"]:
         after = without_handler(after, handler["name"])
+    if containerd_2(host):
+        # containerd 2.x: config.toml gains only the import of the role's drop-in, unless it had it.
+        assert after.pop("imports") == [DROPIN]
     if not node["fixture"]:
         # The role created the file: the version, the handlers and containerd's own runc.
         assert set(after) == {"version", "plugins"}

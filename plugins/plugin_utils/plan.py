@@ -1,0 +1,435 @@
+# Copyright: containerd-gvisor maintainers
+# Apache License 2.0 (see LICENSE)
+"""Every decision of a run, made once on the control node from the role's inputs and one read of the node.
+
+check() refuses bad inputs and nodes that cannot run gVisor before anything is fetched or changed, and
+says where the release comes from; plan() then decides, from the release's checksums, everything the
+run does: what to download, each file's new text, the sandboxes that prove it, whether containerd and
+Docker restart. The tasks only carry the result to the node.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import sys
+
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import upstream
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.plugin_utils import containerd_config
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.plugin_utils.containerd_config import ConfigError
+
+PREFIX = "containerd_gvisor_"
+SHA512 = re.compile(r"[0-9a-fA-F]{128}")
+
+
+class Refusal(Exception):
+    """Why the run stops; nothing on the node changed."""
+
+
+def release_date(version):
+    """yyyymmdd of a release name or a runsc --version line; '' when it names none (latest)."""
+    found = re.search(r"(?:^|release-|~)(\d{8})", version or "")
+    return found.group(1) if found else ""
+
+
+def text_of(read, path):
+    """The text of a file node_info read, None when it does not exist; refuses bytes that are not UTF-8."""
+    if not read or not read.get("exists"):
+        return None
+    data = base64.b64decode(read["content"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise Refusal(f"{path} line {line} holds the byte 0x{data[err.start]:02x}, which is not UTF-8 (TOML files are "
+                      "UTF-8; containerd reads it as Latin-1): write that character in UTF-8. The node was left unchanged") from None
+
+
+class Inputs(dict):
+    """The role's variables without their containerd_gvisor_ prefix."""
+
+    @classmethod
+    def of(cls, variables):
+        return cls({name[len(PREFIX):]: value for name, value in variables.items() if name.startswith(PREFIX)})
+
+    def flag(self, name):
+        return boolean(self[name], strict=False)
+
+    def handlers(self):
+        """Each handler with every key: the list, or the one built from the single-handler variables."""
+        given = self["handlers"] or [{"name": self["runtime_handler"], "platform": self["platform"],
+                                      "runsc_config": self["runsc_config"], "runsc_config_path": self["runsc_config_path"]}]
+        return [{"platform": "auto", "runsc_config": {}, "shim_config": {}, **handler} for handler in given]
+
+    def where(self, index, key):
+        """The variable a handler's key comes from, for messages."""
+        if self["handlers"]:
+            return f"containerd_gvisor_handlers[{index}].{key}"
+        return PREFIX + {"name": "runtime_handler"}.get(key, key if key in ("platform", "runsc_config") else "runsc_config_path")
+
+
+def input_problems(inputs):
+    """Every input problem argument_specs cannot catch, each naming the variable and what would be valid."""
+    problems, version = [], str(inputs["version"])
+    if version.startswith("release-"):
+        problems.append(f"containerd_gvisor_version '{version}' is a git tag; the release bucket names releases "
+                        f"without the prefix: use '{version[8:]}'.")
+    elif not re.fullmatch(r"latest|\d{8}(\.\d+)?", version):
+        problems.append(f"containerd_gvisor_version '{version}' is not a release name: use 'latest', a date such as "
+                        "'20240729' or a point release such as '20240729.0' (yyyymmdd is a placeholder).")
+    url = str(inputs["mirror_url"])
+    if not re.match(r"https?://[^/]+", url):
+        problems.append(f"containerd_gvisor_mirror_url '{url}' must be an http:// or https:// URL, e.g. "
+                        "https://storage.googleapis.com/gvisor/releases.")
+    elif re.match(r"https?://[^/@]*@", url):
+        problems.append("containerd_gvisor_mirror_url holds credentials (user:password@): they would show in logs and "
+                        "records; set containerd_gvisor_url_username and containerd_gvisor_url_password instead "
+                        "(the password is never shown).")
+    for name, value in inputs["checksums"].items():
+        if not isinstance(value, str) or not SHA512.fullmatch(value):
+            problems.append(f"containerd_gvisor_checksums.{name} must be a sha512 checksum (128 hex digits), got "
+                            f"'{str(value)[:77] + '...' if len(str(value)) > 80 else value}'.")
+    problems += [f"{PREFIX}{name} must be positive." for name in ("download_timeout", "download_retries")
+                 if int(inputs[name]) < 1]
+    problems += [f"{PREFIX}{name} '{inputs[name]}' must be an absolute path." for name in
+                 ("bin_dir", "state_dir", "staging_dir", "containerd_config_path", "containerd_dropin_path")
+                 if not str(inputs[name]).startswith("/")]
+    handlers = inputs.handlers()
+    for index, handler in enumerate(handlers):
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", str(handler["name"])):
+            problems.append(f"{inputs.where(index, 'name')} '{handler['name']}' is not a valid handler name: use a DNS "
+                            "label (lower-case letters, digits and '-', at most 63 characters), e.g. 'gvisor'.")
+        if handler["platform"] not in ("auto", *upstream.PLATFORMS):
+            problems.append(f"{inputs.where(index, 'platform')} '{handler['platform']}' is not a platform: use auto, "
+                            f"{', '.join(sorted(upstream.PLATFORMS))}.")
+        where = inputs.where(index, "runsc_config")
+        for key, value in handler["runsc_config"].items():
+            if not isinstance(key, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", key):
+                problems.append(f"{where} key '{key}' is not a runsc flag name (lowercase letters, digits, '-' and '_', "
+                                "starting with a letter or digit).")
+            elif not isinstance(value, (str, int, float, bool)):
+                kind = "null" if value is None else "dict" if isinstance(value, dict) else "list"
+                problems.append(f"{where}.{key} must be a string, number or boolean (runsc flags are strings), got {kind}.")
+        problems += [f"containerd_gvisor_handlers[{index}].shim_config key '{key}' is not an option of the shim's "
+                     "runsc.toml (e.g. log_path, log_level)." for key in handler["shim_config"]
+                     if not re.fullmatch(r"[a-z_]+", str(key))]
+        if not str(handler["runsc_config_path"]).startswith("/"):
+            problems.append(f"The runsc.toml path of handler '{handler['name']}' must be an absolute path.")
+    names = [handler["name"] for handler in handlers]
+    if len(set(names)) != len(names):
+        problems.append(f"containerd_gvisor_handlers names a handler twice: {', '.join(names)}.")
+    paths = [handler["runsc_config_path"] for handler in handlers]
+    for path in sorted({path for path in paths if paths.count(path) > 1}):
+        sharing = [handler["name"] for handler in handlers if handler["runsc_config_path"] == path]
+        problems.append(f"Handlers {' and '.join(sharing)} share the runsc.toml {path}: each handler needs a "
+                        "runsc_config_path of its own, as the file holds one handler's platform and flags.")
+    return problems
+
+
+def node_problems(inputs, node, arch):
+    """What keeps this node from running gVisor as asked."""
+    problems, handlers = [], inputs.handlers()
+    if arch not in upstream.ARCHES:
+        problems.append(f"gVisor has no release for architecture '{arch}' (containerd_gvisor_arch, or the node's own): "
+                        f"supported are {', '.join(upstream.ARCHES)}, named as the kernel names them (x86_64, not amd64; "
+                        "aarch64, not arm64).")
+    if node["containerd"]["rc"] != 0:
+        problems.append(f"containerd is not installed on this node (containerd --version: {node['containerd']['stderr'].strip()}). "
+                        "Install containerd first; the playbook gvisor_nodes.containerd_gvisor.node does both.")
+    if any(handler["platform"] == "kvm" for handler in handlers) and not node["devices"].get("/dev/kvm"):
+        problems.append("A handler uses the kvm platform, but this node has no /dev/kvm. Load the kvm module (modprobe "
+                        "kvm_intel, or kvm_amd), enable nested virtualisation when the node is a VM (on its host: kvm_intel "
+                        "nested=1), or use the systrap platform.")
+    missing = [path for path in upstream.NVIDIA_DEVICES if not node["devices"].get(path)]
+    if any(boolean(h["runsc_config"].get("nvproxy", False), strict=False) for h in handlers) and missing:
+        problems.append(f"A handler uses nvproxy (GPU), but {', '.join(missing)} are missing: install and load the NVIDIA "
+                        "driver on the node first (nvidia-smi must work, and nvidia-modprobe -u -c=0 creates /dev/nvidia-uvm).")
+    if node.get("staging_noexec"):
+        problems.append(f"containerd_gvisor_staging_dir {inputs['staging_dir']} is on a filesystem mounted noexec "
+                        f"({node['staging_noexec']}): the role runs the downloaded runsc there to check it before "
+                        "installing it. Set containerd_gvisor_staging_dir to a directory on another filesystem.")
+    return problems
+
+
+def check(variables, node=None):
+    """Refuse what cannot work; return where the release comes from (without a node: for playbooks/mirror.yml)."""
+    if containerd_config.tomllib is None:
+        raise Refusal(f"gvisor_nodes.containerd_gvisor needs Python 3.11 or later on the control node (for tomllib); "
+                      f"this one is {sys.version.split()[0]}")
+    inputs = Inputs.of(variables)
+    problems = input_problems(inputs)
+    if problems:
+        raise Refusal(" ".join(problems))
+    if node is None:
+        return {"release": release_source(inputs, {"record": {}, "record_problem": ""}, inputs["arch"]), "warnings": []}
+    if node["config"].get("dump_rc", 0) != 0:
+        raise Refusal(f"containerd cannot parse {inputs['containerd_config_path']}: {node['config']['dump_error']}. "
+                      "The file was left unchanged; fix it and run again.")
+    arch = inputs["arch"] or node["arch"]
+    if inputs["state"] == "present":
+        problems = node_problems(inputs, node, arch)
+        if problems:
+            raise Refusal(" ".join(problems))
+    containerd = node["containerd"]["version"] or "0"
+    warnings = [bug["why"] for bug in upstream.BUGGY_CONTAINERD if upstream.version_tuple(bug["from"])
+                <= upstream.version_tuple(containerd) < upstream.version_tuple(bug["below"])]
+    return {"release": release_source(inputs, node, arch), "warnings": warnings}
+
+
+def release_source(inputs, node, arch):
+    """Where the release lives, and its files' sha512 when they are known without asking the mirror: from the
+    install record (whose files on disk were verified) for a dated release already installed, or pinned."""
+    version = str(inputs["version"])
+    url = f"{str(inputs['mirror_url']).rstrip('/')}/release/{version}/{arch}"
+    pins = {name: digest.lower() for name, digest in inputs["checksums"].items()}
+    record = node["record"].get("release", {}) if not node["record_problem"] else {}
+    source = {"version": version, "arch": arch, "url": url, "layout": "", "artifacts": {}}
+    if (version != "latest" and record.get("version") == version and record.get("arch") == arch
+            and pins.items() <= record.get("artifacts", {}).items()):
+        source.update(layout=record["layout"], artifacts=record["artifacts"])
+    elif upstream.ARCHIVE in pins:
+        source.update(layout="archive", artifacts={upstream.ARCHIVE: pins[upstream.ARCHIVE]})
+    elif set(upstream.LOOSE_FILES) <= set(pins):
+        source.update(layout="loose", artifacts={name: pins[name] for name in upstream.LOOSE_FILES})
+    return source
+
+
+def with_checksums(source, answers):
+    """The source with the sha512 of its files from the mirror's answers (uri results of <file>.sha512)."""
+    if source["artifacts"]:
+        return source
+    mine = {answer["item"] if isinstance(answer["item"], str) else tuple(answer["item"]): answer for answer in answers
+            if (answer["item"] if isinstance(answer["item"], str) else answer["item"][0]) == source["url"]}
+    archive = mine.get(source["url"], {})
+    loose = [mine.get((source["url"], name), {}) for name in upstream.LOOSE_FILES]
+    failed = [answer for answer in [archive] + loose if answer and answer.get("status") not in (200, 404)]
+    if failed:
+        raise Refusal(failed[0].get("msg") or f"GET {failed[0].get('url')} failed")
+    if archive.get("status") == 200:
+        sums = {upstream.ARCHIVE: archive}
+    elif all(answer.get("status") == 200 for answer in loose):
+        sums = dict(zip(upstream.LOOSE_FILES, loose))
+    else:
+        tried = [f"{source['url']}/{name}.sha512" for name in (upstream.ARCHIVE, *upstream.LOOSE_FILES)]
+        raise Refusal(f"gVisor release '{source['version']}' for {source['arch']} was not found: tried "
+                      f"{' and '.join(tried)} (HTTP 404). Check containerd_gvisor_version and containerd_gvisor_mirror_url.")
+    artifacts = {}
+    for name, answer in sums.items():
+        content = answer.get("content", "")
+        line = re.fullmatch(rf"\s*([0-9a-fA-F]{{128}})(\s+\*?(\S*/)?{re.escape(name)})?\s*", content)
+        if not line:
+            shown = content if len(content) <= 80 else content[:77] + "..."
+            raise Refusal(f"{answer['url']} is not a sha512sum line for {name}: got '{shown}'.")
+        artifacts[name] = line.group(1).lower()
+    return {**source, "layout": "archive" if upstream.ARCHIVE in artifacts else "loose", "artifacts": artifacts}
+
+
+def runsc_toml(handler, flags, binary_name):
+    """The shim's runsc.toml for one handler: its options, then runsc's flags as strings."""
+    lines = ["# Managed by Ansible (gvisor_nodes.containerd_gvisor): options of containerd's gVisor shim for the",
+             f'# runtime handler "{handler["name"]}". [runsc_config] holds runsc flags, as strings.']
+    lines += [f"binary_name = {containerd_config.toml_string(binary_name)}"] if binary_name else []
+    lines += [f"{key} = {containerd_config.toml_string(str(value))}" for key, value in sorted(handler["shim_config"].items())]
+    lines += ["", "[runsc_config]"]
+    lines += [f"  {key} = {containerd_config.toml_string(value)}" for key, value in sorted(flags.items())]
+    return "\n".join(lines) + "\n"
+
+
+def docker_daemon_json(text, path, runtime, runsc="", args=()):
+    """Docker's daemon.json with the runtime registered (runsc given) or taken out; everything else kept."""
+    try:
+        data = json.loads(text) if text and text.strip() else {}
+    except ValueError as err:
+        raise Refusal(f"{path} is not valid JSON ({err}); fix it or remove it, the node was left unchanged") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runtimes", {}), dict):
+        raise Refusal(f"{path} must hold a JSON object whose runtimes is an object; the node was left unchanged")
+    merged = json.loads(json.dumps(data))
+    runtimes = merged.setdefault("runtimes", {})
+    if runsc:
+        runtimes[runtime] = {"path": runsc, "runtimeArgs": list(args)}
+    else:
+        runtimes.pop(runtime, None)
+        if not runtimes:
+            del merged["runtimes"]
+    return text or "" if merged == data else json.dumps(merged, indent=2, sort_keys=True) + "\n"
+
+
+def uses_systemd_cgroup(dump):
+    """Whether containerd's effective configuration runs runc with SystemdCgroup = true."""
+    try:
+        data = containerd_config.parse(dump or "", "containerd config dump")
+        runtimes = containerd_config.dig(data, upstream.RUNTIMES_TABLE[containerd_config.config_version(data, "dump")])
+    except ConfigError:
+        return False
+    return any(isinstance(table, dict) and (name == "runc" or table.get("runtime_type") == "io.containerd.runc.v2")
+               and (table.get("options") or {}).get("SystemdCgroup") is True for name, table in (runtimes or {}).items())
+
+
+def file_changes(wanted, read):
+    """[{path, content, mode}] of each file whose wanted text (None: absent), owner or mode differs from the node's."""
+    changes = []
+    for path, content in wanted.items():
+        old = read.get(path) or {"exists": False}
+        if content is None:
+            changed = old["exists"]
+        else:
+            changed = not old["exists"] or (text_of(old, path), old["owner"], old["group"], old["mode"]) != (
+                content, "root", "root", "0644")
+        if changed:
+            changes.append({"path": path, "content": content, "mode": "0644"})
+    return changes
+
+
+def plan(variables, node, checked, answers):
+    """Everything the run does, for the release module, the download and the messages."""
+    inputs = Inputs.of(variables)
+    if node is None:
+        return mirror(inputs, with_checksums(checked["release"], answers))
+    try:
+        return (present if inputs["state"] == "present" else absent)(inputs, node, checked, answers)
+    except ConfigError as err:
+        raise Refusal(str(err)) from None
+
+
+def mirror(inputs, release):
+    """playbooks/mirror.yml: the release's files, each into the mirror directory where the bucket has it."""
+    directory = f"{str(inputs['mirror_dir']).rstrip('/')}/release/{release['version']}/{release['arch']}"
+    return {"changed": False, "release": release, "mirror_dir": directory,
+            "downloads": [{"name": name, "url": f"{release['url']}/{name}", "checksum": f"sha512:{digest}",
+                           "checksum_source": f"{release['url']}/{name}.sha512", "dest": f"{directory}/{name}"}
+                          for name, digest in release["artifacts"].items()]}
+
+
+def config_changes(inputs, node, wanted, remove):
+    """The configuration files containerd reads, changed (containerd_config.changes) into module file entries."""
+    config = node["config"]
+    imported = {path: text_of(read, path) for path, read in node["imports"].items()}
+    changed = containerd_config.changes(
+        node["containerd"]["version"] or "0", inputs["containerd_config_path"], text_of(config, inputs["containerd_config_path"]),
+        inputs["containerd_dropin_path"], text_of(node["files"].get(inputs["containerd_dropin_path"]), inputs["containerd_dropin_path"]),
+        {path: text for path, text in imported.items() if text is not None}, wanted, remove, node.get("config_default", ""))
+    return [{"path": path, "content": text, "mode": config.get("mode", "0644") if path == inputs["containerd_config_path"]
+             else "0644", "backup": inputs.flag("containerd_config_backup") and path == inputs["containerd_config_path"]}
+            for path, text in changed.items()]
+
+
+def present(inputs, node, checked, answers):
+    release = with_checksums(checked["release"], answers)
+    installed = node["record"].get("release", {}) if not node["record_problem"] else {}
+    install = installed.get("arch") != release["arch"] or installed.get("artifacts") != release["artifacts"]
+    bin_dir = str(inputs["bin_dir"]).rstrip("/") or "/"
+    in_path = bin_dir in upstream.CONTAINERD_PATH
+    runsc = f"{bin_dir}/{upstream.RUNSC}"
+    date = release_date(release["version"]) if install else release_date(node["runsc_version"].split("\n")[0])
+    systemd = uses_systemd_cgroup(node["config"].get("dump"))
+    handlers, wanted, tables, smoke, args = inputs.handlers(), {}, {}, [], {}
+    for handler in handlers:
+        platform = upstream.default_platform(date) if handler["platform"] == "auto" else handler["platform"]
+        given = {"platform": platform, **({"systemd-cgroup": "true"} if systemd else {}), **handler["runsc_config"]}
+        flags = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in given.items()}
+        args[handler["name"]] = [f"--{key}={value}" for key, value in flags.items() if key != "systemd-cgroup"]
+        wanted[handler["runsc_config_path"]] = runsc_toml(handler, flags, "" if in_path else runsc)
+        tables[handler["name"]] = containerd_config.handler_table(
+            handler["runsc_config_path"], "" if in_path else f"{bin_dir}/{upstream.SHIM}")
+        # runsc do, as the shim starts a sandbox but without a network (systemd-cgroup fits only the shim).
+        smoke.append({"name": handler["name"], "argv": [runsc, *[arg for arg in args[handler["name"]] if not
+                                                                 arg.startswith("--network=")], "--network=none", "do", "dmesg"]})
+    recorded = node["handlers"]
+    removed = [name for name in recorded if name not in tables]
+    wanted.update({recorded[name]: None for name in removed if recorded[name] not in wanted})
+    kvm = upstream.KVM_MODULES.get(node["cpu_vendor"], "")
+    wanted[upstream.KVM_MODULES_LOAD] = kvm + "\n" if kvm and any(h["platform"] == "kvm" for h in handlers) else None
+    wanted[f"{inputs['state_dir']}/handlers.json"] = json.dumps({h["name"]: h["runsc_config_path"] for h in handlers}, indent=4,
+                                                   sort_keys=True) + "\n"
+    docker = inputs.flag("docker")
+    if docker:
+        path = inputs["docker_daemon_json"]
+        wanted[path] = docker_daemon_json(text_of(node["files"].get(path), path), path, inputs["docker_runtime"], runsc,
+                                          args[handlers[0]["name"]])
+    configs = config_changes(inputs, node, tables, removed)
+    files = configs + file_changes(wanted, node["files"])
+    running = node["services"]
+    # containerd reads its configuration only at start: after a change, or a change an earlier run made behind its back.
+    restart = (inputs.flag("restart_containerd") and running.get("containerd", False)
+               and (bool(configs) or node["config_newer"]))
+    change = install or bool(files) or restart
+    smoke_test = inputs["smoke_test"] == "always" or inputs["smoke_test"] == "changed" and change
+    docker_restart = docker and running.get("docker", False) and any(f["path"] == inputs["docker_daemon_json"] for f in files)
+    staging = f"{str(inputs['staging_dir']).rstrip('/')}/run-{secrets.token_hex(8)}"
+    controller = inputs["download_mode"] == "controller"
+    cache = os.path.expanduser(str(inputs["download_cache_dir"]))
+    pins = {name.lower() for name in inputs["checksums"]}
+    downloads = [{"name": name, "url": f"{release['url']}/{name}", "checksum": f"sha512:{digest}",
+                  "checksum_source": "containerd_gvisor_checksums" if name.lower() in pins else f"{release['url']}/{name}.sha512",
+                  "dest": f"{cache}/{digest}/{name}" if controller else f"{staging}/{name}"}
+                 for name, digest in release["artifacts"].items()] if install else []
+    previous = node["record"].get("release", {})
+    held = f"gVisor {previous['version']} ({previous['layout']})" if previous else "no gVisor"
+    ctr = smoke_test and inputs.flag("smoke_test_ctr") and bool(node["commands"]["ctr"])
+    return {
+        "changed": False, "release": release, "install": install, "change": change, "downloads": downloads,
+        "unchanged": f"The node is unchanged: it keeps {held} in {bin_dir} and its configuration, and containerd was not restarted.",
+        "controller_download": controller, "runsc_version": node["runsc_version"].split("\n")[0].replace("runsc version ", ""),
+        "handlers": [handler["name"] for handler in handlers],
+        "module_args": {
+            "state": "present", "bin_dir": bin_dir, "state_dir": inputs["state_dir"], "staging_dir": staging,
+            "release": release if install else None,
+            "compatibility": {"containerd": node["containerd"]["version"], "ignore": inputs.flag("ignore_compatibility")},
+            "platforms": sorted({flags_platform(a) for a in args.values()}),
+            "files": files, "smoke": smoke if smoke_test else [], "timeout": int(inputs["smoke_test_timeout"]),
+            "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"], "socket": inputs["containerd_socket"],
+                           "handlers": {name: upstream.RUNTIME_TYPE for name in tables} | {name: "" for name in removed},
+                           "ctr_smoke": [ctr_smoke(inputs, h) for h in handlers] if ctr else []},
+            "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": True,
+                       "smoke": docker_smoke(inputs) if docker and smoke_test and running.get("docker", False) else []},
+        },
+    }
+
+
+def flags_platform(args):
+    return next(arg.split("=", 1)[1] for arg in args if arg.startswith("--platform="))
+
+
+def ctr_smoke(inputs, handler):
+    """A sandbox through containerd itself with the handler's runtime type and runsc.toml."""
+    # Every flag before the root file system (--rootfs is a switch: the path is the first argument), and a PATH,
+    # which ctr does not put into the container's environment.
+    return {"name": handler["name"], "argv": ["ctr", "--address", inputs["containerd_socket"], "run", "--rm",
+                                              "--runtime", upstream.RUNTIME_TYPE, "--runtime-config-path",
+                                              handler["runsc_config_path"], "--env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                                              "--rootfs", "/", f"containerd-gvisor-smoke-{handler['name']}", "dmesg"]}
+
+
+def docker_smoke(inputs):
+    image = inputs["docker_smoke_image"]
+    return ["docker", "run", "--rm", "--pull=never", f"--runtime={inputs['docker_runtime']}", "--network=none", image,
+            "dmesg"] if image else []
+
+
+def absent(inputs, node, checked, answers):
+    """Taking gVisor off: every handler the role recorded and those it is told of now, then its files."""
+    names = list(node["handlers"]) + [h["name"] for h in inputs.handlers() if h["name"] not in node["handlers"]]
+    files = config_changes(inputs, node, {}, names)
+    restart = inputs.flag("restart_containerd") and node["services"].get("containerd", False) and bool(files)
+    path, docker_restart = inputs["docker_daemon_json"], False
+    if inputs.flag("docker"):
+        old = text_of(node["files"].get(path), path)
+        new = docker_daemon_json(old, path, inputs["docker_runtime"])
+        if new != (old or ""):
+            files.append({"path": path, "content": new, "mode": node["files"][path].get("mode", "0644")})
+            docker_restart = node["services"].get("docker", False)
+    remove = sorted(p for p, read in node["files"].items() if read.get("exists") and p not in (path, inputs["containerd_dropin_path"]))
+    return {
+        "changed": False, "install": False, "change": bool(files or remove or node["record"] or node["runsc_version"]),
+        "downloads": [], "controller_download": False, "release": {}, "runsc_version": "", "handlers": names,
+        "module_args": {
+            "state": "absent", "bin_dir": str(inputs["bin_dir"]), "state_dir": inputs["state_dir"], "files": files,
+            "remove": remove, "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"],
+                                            "socket": inputs["containerd_socket"], "handlers": {n: "" for n in names}},
+            "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": False},
+        },
+    }

@@ -1,0 +1,328 @@
+"""Every decision of a run (plugins/plugin_utils/plan.py), from the role's inputs and what node_info read."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tomllib
+
+import pytest
+import yaml
+
+from unit_support import FIXTURES, REPO, ROLE, collection_module
+
+plan = collection_module("plugins.plugin_utils.plan")
+
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+DUMP_17 = (FIXTURES / "containerd-1.6-config-default.toml").read_text()
+KUBEADM = (REPO / "tests" / "fixtures" / "containerd" / "bookworm-v2.toml").read_text()
+ARCHIVE_SUM = "a" * 128
+RUNSC_SUM, SHIM_SUM = "b" * 128, "c" * 128
+
+
+def inputs(**overrides):
+    """The role's variables as the tasks hand them over: the defaults, templated, plus overrides."""
+    variables = {**DEFAULTS, "containerd_gvisor_enabled": True, "containerd_gvisor_runtime": True,
+                 "containerd_gvisor_staging_dir": "/var/lib/containerd-gvisor/staging"}
+    return {**variables, **{f"containerd_gvisor_{name}": value for name, value in overrides.items()}}
+
+
+def read(text, mode="0644"):
+    return {"exists": True, "content": base64.b64encode(text.encode() if isinstance(text, str) else text).decode(),
+            "mode": mode, "owner": "root", "group": "root"}
+
+
+def node(config=KUBEADM, containerd="1.7.24", files=None, record=None, **overrides):
+    """What node_info returns for a trixie node with containerd running."""
+    result = {"arch": "x86_64", "cpu_vendor": "GenuineIntel", "containerd": {"rc": 0, "version": containerd, "stderr": ""},
+              "config": {**(read(config) if config is not None else {"exists": False}), "dump_rc": 0, "dump_error": "",
+                         "dump": config or DUMP_17}, "imports": {}, "config_default": DUMP_17, "config_newer": False,
+              "services": {"containerd": True, "docker": False}, "files": files or {}, "record": record or {},
+              "handlers": {}, "record_problem": "" if record else "no gVisor release is recorded", "unfinished": "",
+              "runsc_version": "", "devices": {"/dev/kvm": False}, "commands": {"ctr": "/usr/bin/ctr", "docker": ""},
+              "staging_noexec": ""}
+    return {**result, **overrides}
+
+
+def installed(version="20240729", layout="loose", artifacts=None, runsc="runsc version 0.0~20240729.0"):
+    """A node that recorded and verified a release."""
+    record = {"release": {"version": version, "arch": "x86_64", "layout": layout, "url": f"http://m/release/{version}/x86_64",
+                          "artifacts": artifacts or {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}}}
+    return {"record": record, "record_problem": "", "runsc_version": runsc}
+
+
+def answer(url, status, content="", item=None):
+    return {"item": item or url.rsplit("/", 1)[0], "url": url, "status": status, "content": content}
+
+
+def archive_answers(base="https://storage.googleapis.com/gvisor/releases/release/latest/x86_64"):
+    return [answer(f"{base}/gvisor.tar.bz2.sha512", 200, f"{ARCHIVE_SUM}  gvisor.tar.bz2\n")]
+
+
+def run(variables=None, state_node=None, answers=None):
+    variables = variables or inputs()
+    state_node = state_node or node()
+    checked = plan.check(variables, state_node)
+    return plan.plan(variables, state_node, checked, answers if answers is not None else archive_answers())
+
+
+def refusal(function, *args):
+    with pytest.raises(plan.Refusal) as err:
+        function(*args)
+    return str(err.value)
+
+
+# --- inputs and node ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"version": "release-20240729.0"}, "is a git tag; the release bucket names releases without the prefix: use '20240729.0'"),
+    ({"version": "20240729-rc1"}, "'20240729-rc1' is not a release name"),
+    ({"version": "yyyymmdd"}, "(yyyymmdd is a placeholder)"),
+    ({"mirror_url": "ftp://127.0.0.1/gvisor"}, "must be an http:// or https:// URL"),
+    ({"mirror_url": "http://user:pass@mirror/gvisor"}, "holds credentials (user:password@): they would show in logs"),
+    ({"checksums": {"runsc": "abc"}}, "containerd_gvisor_checksums.runsc must be a sha512 checksum (128 hex digits), got 'abc'"),
+    ({"download_retries": 0}, "containerd_gvisor_download_retries must be positive"),
+    ({"bin_dir": "opt/bin"}, "containerd_gvisor_bin_dir 'opt/bin' must be an absolute path"),
+    ({"runtime_handler": "gVisor"}, "containerd_gvisor_runtime_handler 'gVisor' is not a valid handler name"),
+    ({"runsc_config": {"debug": [True]}}, "containerd_gvisor_runsc_config.debug must be a string, number or boolean"),
+    ({"runsc_config": {"debug": None}}, "got null"),
+    ({"runsc_config": {"--debug": "true"}}, "is not a runsc flag name"),
+    ({"handlers": [{"name": "a", "runsc_config_path": "/etc/a.toml"}, {"name": "a", "runsc_config_path": "/etc/b.toml"}]},
+     "names a handler twice"),
+    ({"handlers": [{"name": "a", "runsc_config_path": "/etc/x.toml"}, {"name": "b", "runsc_config_path": "/etc/x.toml"}]},
+     "Handlers a and b share the runsc.toml /etc/x.toml: each handler needs a runsc_config_path of its own"),
+    ({"handlers": [{"name": "a", "runsc_config_path": "/etc/a.toml", "shim_config": {"Log-Level": "x"}}]},
+     "containerd_gvisor_handlers[0].shim_config key 'Log-Level' is not an option"),
+])
+def test_bad_inputs_are_refused_naming_the_variable(overrides, message):
+    assert message in refusal(plan.check, inputs(**overrides), node())
+
+
+def test_every_input_problem_is_named_at_once():
+    message = refusal(plan.check, inputs(version="x", download_timeout=0), node())
+    assert "containerd_gvisor_version 'x'" in message and "containerd_gvisor_download_timeout must be positive" in message
+
+
+@pytest.mark.parametrize("overrides, state_node, message", [
+    ({"arch": "amd64"}, node(), "no release for architecture 'amd64'"),
+    ({}, {**node(), "containerd": {"rc": 127, "version": "", "stderr": "containerd: command not found"}},
+     "containerd is not installed"),
+    ({"platform": "kvm"}, node(), "A handler uses the kvm platform, but this node has no /dev/kvm"),
+    ({"runsc_config": {"nvproxy": True}}, node(), "A handler uses nvproxy (GPU), but /dev/nvidiactl"),
+    ({}, node(staging_noexec="/var/lib"), "is on a filesystem mounted noexec (/var/lib)"),
+    ({}, node(config="version = 2\n[x"), "containerd cannot parse /etc/containerd/config.toml: failed to load TOML. "
+                                          "The file was left unchanged"),
+])
+def test_a_node_that_cannot_run_gvisor_as_asked_is_refused(overrides, state_node, message):
+    if state_node["config"].get("content") == base64.b64encode(b"version = 2\n[x").decode():
+        state_node["config"].update(dump_rc=1, dump_error="failed to load TOML")
+    assert message in refusal(plan.check, inputs(**overrides), state_node)
+
+
+def test_a_containerd_with_known_gvisor_bugs_is_a_warning():
+    assert "containerd/issues/11871" in plan.check(inputs(), node(containerd="2.1.1"))["warnings"][0]
+    assert plan.check(inputs(), node(containerd="2.1.9"))["warnings"] == []
+
+
+# --- where the release comes from ---------------------------------------------------------------------------------
+
+
+def test_a_dated_release_the_node_has_needs_no_request_and_latest_always_asks():
+    known = plan.check(inputs(version="20240729"), node(**installed()))["release"]
+    assert known["artifacts"] == {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}
+    assert plan.check(inputs(version="latest"), node(**installed(version="latest")))["release"]["artifacts"] == {}
+    # A pin the record does not hold means asking again.
+    pinned = inputs(version="20240729", checksums={"runsc": "d" * 128})
+    assert plan.check(pinned, node(**installed()))["release"]["artifacts"] == {}
+
+
+def test_pinned_checksums_need_no_request():
+    release = plan.check(inputs(checksums={"gvisor.tar.bz2": "A" * 128}), node())["release"]
+    assert release == {"version": "latest", "arch": "x86_64", "layout": "archive",
+                       "url": "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64",
+                       "artifacts": {"gvisor.tar.bz2": "a" * 128}}
+
+
+def test_checksums_of_the_archive_or_of_the_loose_files():
+    base = "http://m/release/20240729/x86_64"
+    source = {"version": "20240729", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    archive = plan.with_checksums(source, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, f"{ARCHIVE_SUM.upper()} *./gvisor.tar.bz2")])
+    assert archive["layout"] == "archive" and archive["artifacts"] == {"gvisor.tar.bz2": ARCHIVE_SUM}
+    loose = plan.with_checksums(source, [
+        answer(f"{base}/gvisor.tar.bz2.sha512", 404),
+        answer(f"{base}/runsc.sha512", 200, RUNSC_SUM, item=[base, "runsc"]),
+        answer(f"{base}/containerd-shim-runsc-v1.sha512", 200, f"{SHIM_SUM}  containerd-shim-runsc-v1", item=[base, "containerd-shim-runsc-v1"])])
+    assert loose["layout"] == "loose" and loose["artifacts"] == {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}
+    # Answers for another release of the batch are not this one's.
+    assert refusal(plan.with_checksums, source, archive_answers()).startswith("gVisor release '20240729' for x86_64 was not found")
+
+
+def test_a_release_the_mirror_does_not_have_names_every_url_tried():
+    base = "http://m/release/20991231/x86_64"
+    source = {"version": "20991231", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    message = refusal(plan.with_checksums, source, [answer(f"{base}/gvisor.tar.bz2.sha512", 404)] + [
+        answer(f"{base}/{name}.sha512", 404, item=[base, name]) for name in ("runsc", "containerd-shim-runsc-v1")])
+    assert message == (f"gVisor release '20991231' for x86_64 was not found: tried {base}/gvisor.tar.bz2.sha512 and "
+                       f"{base}/runsc.sha512 and {base}/containerd-shim-runsc-v1.sha512 (HTTP 404). Check "
+                       "containerd_gvisor_version and containerd_gvisor_mirror_url.")
+
+
+def test_a_failed_request_or_a_checksum_file_that_is_not_one_stops_the_run():
+    base = "http://m/release/latest/x86_64"
+    source = {"version": "latest", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    failed = {**answer(f"{base}/gvisor.tar.bz2.sha512", -1), "msg": "GET ... failed: HTTP 500 (gave up after 3 tries)"}
+    assert refusal(plan.with_checksums, source, [failed]) == failed["msg"]
+    html = answer(f"{base}/gvisor.tar.bz2.sha512", 200, "<html>" + "x" * 100)
+    assert refusal(plan.with_checksums, source, [html]) == (
+        f"{base}/gvisor.tar.bz2.sha512 is not a sha512sum line for gvisor.tar.bz2: got '<html>{'x' * 71}...'.")
+
+
+# --- the plan ---------------------------------------------------------------------------------------------------------
+
+
+def runsc_toml(result, path="/etc/containerd/runsc.toml"):
+    return tomllib.loads(next(f["content"] for f in result["module_args"]["files"] if f["path"] == path))
+
+
+@pytest.mark.parametrize("version, platform", [("20221219", "ptrace"), ("20230620", "ptrace"), ("20230621", "systrap"),
+                                               ("20240729.0", "systrap"), ("latest", "systrap")])
+def test_auto_platform_is_the_releases_own_default(version, platform):
+    base = f"https://storage.googleapis.com/gvisor/releases/release/{version}/x86_64"
+    result = run(inputs(version=version), answers=archive_answers(base))
+    assert runsc_toml(result)["runsc_config"]["platform"] == platform
+    assert result["module_args"]["platforms"] == [platform]
+
+
+def test_auto_platform_of_an_installed_release_comes_from_its_runsc():
+    result = run(inputs(version="20221219"), node(**installed(version="20221219", runsc="runsc version 0.0~20221219.0")))
+    assert not result["install"]
+    assert runsc_toml(result)["runsc_config"]["platform"] == "ptrace"
+
+
+def test_a_first_install_downloads_writes_and_proves_everything():
+    result = run()
+    args = result["module_args"]
+    assert result["install"] and result["change"]
+    bucket = "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64"
+    [download] = result["downloads"]
+    assert download == {"name": "gvisor.tar.bz2", "url": f"{bucket}/gvisor.tar.bz2", "checksum": f"sha512:{ARCHIVE_SUM}",
+                        "checksum_source": f"{bucket}/gvisor.tar.bz2.sha512", "dest": download["dest"]}
+    assert download["dest"].endswith(f"/.cache/containerd-gvisor/{ARCHIVE_SUM}/gvisor.tar.bz2")
+    paths = {f["path"] for f in args["files"]}
+    assert {"/etc/containerd/config.toml", "/etc/containerd/runsc.toml", "/var/lib/containerd-gvisor/handlers.json"} <= paths
+    assert json.loads(next(f["content"] for f in args["files"] if f["path"].endswith("handlers.json"))) == {
+        "gvisor": "/etc/containerd/runsc.toml"}
+    # The kubeadm node runs runc with SystemdCgroup = true: runsc must use systemd cgroups too (not in runsc do).
+    assert runsc_toml(result)["runsc_config"] == {"platform": "systrap", "systemd-cgroup": "true"}
+    assert args["smoke"] == [{"name": "gvisor", "argv": ["/usr/local/bin/runsc", "--platform=systrap", "--network=none",
+                                                          "do", "dmesg"]}]
+    assert args["containerd"]["restart"] and args["containerd"]["handlers"] == {"gvisor": "io.containerd.runsc.v1"}
+    assert result["unchanged"] == ("The node is unchanged: it keeps no gVisor in /usr/local/bin and its configuration, "
+                                   "and containerd was not restarted.")
+
+
+def test_node_mode_downloads_into_the_runs_staging_directory_and_pins_are_named_as_the_source():
+    result = run(inputs(download_mode="node", checksums={"gvisor.tar.bz2": ARCHIVE_SUM}), answers=[])
+    [download] = result["downloads"]
+    assert download["dest"] == f"{result['module_args']['staging_dir']}/gvisor.tar.bz2"
+    assert download["checksum_source"] == "containerd_gvisor_checksums"
+    assert result["module_args"]["staging_dir"].startswith("/var/lib/containerd-gvisor/staging/run-")
+
+
+def test_a_run_that_changes_nothing_plans_no_change_and_no_sandbox():
+    first = run(inputs(version="20240729"), node(**installed()))
+    files = {f["path"]: read(f["content"]) for f in first["module_args"]["files"] if f["content"] is not None}
+    config = next(f["content"] for f in first["module_args"]["files"] if f["path"] == "/etc/containerd/config.toml")
+    again = run(inputs(version="20240729"), node(config=config, files=files, **installed()))
+    assert not again["change"] and again["module_args"]["smoke"] == [] and not again["module_args"]["containerd"]["restart"]
+    always = run(inputs(version="20240729", smoke_test="always"), node(config=config, files=files, **installed()))
+    assert not always["change"] and len(always["module_args"]["smoke"]) == 1
+
+
+def test_runsc_flags_are_strings_and_the_shim_options_and_binary_name_are_written():
+    handlers = [{"name": "gvisor-debug", "runsc_config_path": "/etc/containerd/runsc-debug.toml", "platform": "ptrace",
+                 "runsc_config": {"debug": True, "debug-log": "/var/log/runsc/%ID%/", "network": "none"},
+                 "shim_config": {"log_level": "debug"}}]
+    result = run(inputs(handlers=handlers, bin_dir="/opt/bin/"))
+    toml = runsc_toml(result, "/etc/containerd/runsc-debug.toml")
+    assert toml == {"binary_name": "/opt/bin/runsc", "log_level": "debug", "runsc_config": {
+        "platform": "ptrace", "systemd-cgroup": "true", "debug": "true", "debug-log": "/var/log/runsc/%ID%/", "network": "none"}}
+    assert result["module_args"]["smoke"][0]["argv"] == [
+        "/opt/bin/runsc", "--platform=ptrace", "--debug=true", "--debug-log=/var/log/runsc/%ID%/", "--network=none", "do", "dmesg"]
+    config = tomllib.loads(next(f["content"] for f in result["module_args"]["files"] if f["path"] == "/etc/containerd/config.toml"))
+    table = config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gvisor-debug"]
+    assert table["runtime_path"] == "/opt/bin/containerd-shim-runsc-v1"
+
+
+def test_a_handler_taken_off_the_list_leaves_containerd_and_its_runsc_toml_goes():
+    state = node(handlers={"gvisor": "/etc/containerd/runsc.toml", "old": "/etc/containerd/runsc-old.toml"},
+                 files={"/etc/containerd/runsc-old.toml": read("[runsc_config]\n")})
+    result = run(inputs(), state)
+    files = {f["path"]: f["content"] for f in result["module_args"]["files"]}
+    assert files["/etc/containerd/runsc-old.toml"] is None
+    assert result["module_args"]["containerd"]["handlers"]["old"] == ""
+
+
+def test_on_containerd_2_the_handlers_go_into_the_drop_in():
+    sid = (REPO / "tests" / "fixtures" / "containerd" / "sid-v3.toml").read_text()
+    result = run(inputs(), node(config=sid, containerd="2.1.9", config_default=""))
+    files = {f["path"]: f["content"] for f in result["module_args"]["files"]}
+    dropin = tomllib.loads(files["/etc/containerd/conf.d/gvisor.toml"])
+    assert dropin["version"] == 3 and "gvisor" in dropin["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+    assert tomllib.loads(files["/etc/containerd/config.toml"])["imports"] == ["/etc/containerd/conf.d/gvisor.toml"]
+
+
+def test_an_inline_handler_table_is_refused_as_documented():
+    text = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]\n  gvisor = { runtime_type = "x" }\n'
+    assert "cannot merge the gvisor runtime into /etc/containerd/config.toml safely" in refusal(run, inputs(), node(config=text))
+
+
+def test_a_config_toml_that_is_not_utf8_is_refused_naming_the_byte_and_line():
+    state = node()
+    state["config"] = {**state["config"], **read(b"version = 2\n# caf\xe9\n")}
+    assert refusal(run, inputs(), state).startswith(
+        "/etc/containerd/config.toml line 2 holds the byte 0xe9, which is not UTF-8")
+
+
+def test_docker_gets_the_runtime_merged_into_its_daemon_json_and_restarts_only_when_it_changed():
+    daemon = '{"log-driver": "journald", "runtimes": {"other": {"path": "/x"}}}'
+    state = node(files={"/etc/docker/daemon.json": read(daemon)}, services={"containerd": True, "docker": True})
+    result = run(inputs(docker=True, docker_smoke_image="local/busybox"), state)
+    merged = json.loads(next(f["content"] for f in result["module_args"]["files"] if f["path"] == "/etc/docker/daemon.json"))
+    assert merged == {"log-driver": "journald", "runtimes": {"other": {"path": "/x"}, "runsc": {
+        "path": "/usr/local/bin/runsc", "runtimeArgs": ["--platform=systrap"]}}}
+    assert result["module_args"]["docker"]["restart"]
+    assert result["module_args"]["docker"]["smoke"][-3:] == ["--network=none", "local/busybox", "dmesg"]
+    assert "is not valid JSON" in refusal(run, inputs(docker=True), node(files={"/etc/docker/daemon.json": read("{")}))
+
+
+def test_the_ctr_sandbox_puts_every_flag_before_the_root_file_system():
+    argv = run(inputs(smoke_test_ctr=True))["module_args"]["containerd"]["ctr_smoke"][0]["argv"]
+    rootfs = argv.index("--rootfs")
+    assert all(not arg.startswith("--") for arg in argv[rootfs + 2:])  # ctr stops reading flags at the first argument
+    assert argv[rootfs + 1:] == ["/", "containerd-gvisor-smoke-gvisor", "dmesg"]
+
+
+def test_absent_takes_out_every_recorded_handler_and_the_files_it_wrote():
+    with_gvisor = run(inputs())
+    config = next(f["content"] for f in with_gvisor["module_args"]["files"] if f["path"] == "/etc/containerd/config.toml")
+    state = node(config=config, handlers={"gvisor": "/etc/containerd/runsc.toml"},
+                 files={"/etc/containerd/runsc.toml": read("x"), "/etc/containerd/conf.d/gvisor.toml": {"exists": False}},
+                 **installed())
+    result = run(inputs(state="absent"), state)
+    args = result["module_args"]
+    assert result["change"] and args["state"] == "absent"
+    assert [f["content"] for f in args["files"]] == [KUBEADM]  # config.toml as it was before the install
+    assert args["remove"] == ["/etc/containerd/runsc.toml"]
+    assert args["containerd"] == {"restart": True, "config_path": "/etc/containerd/config.toml",
+                                  "socket": "/run/containerd/containerd.sock", "handlers": {"gvisor": ""}}
+
+
+def test_playbooks_mirror_plans_each_file_into_the_buckets_layout():
+    variables = inputs(mirror_dir="/srv/gvisor/", arch="aarch64", version="20240729")
+    checked = plan.check(variables)
+    base = "https://storage.googleapis.com/gvisor/releases/release/20240729/aarch64"
+    result = plan.plan(variables, None, checked, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, ARCHIVE_SUM)])
+    assert result["mirror_dir"] == "/srv/gvisor/release/20240729/aarch64"
+    assert [d["dest"] for d in result["downloads"]] == ["/srv/gvisor/release/20240729/aarch64/gvisor.tar.bz2"]
