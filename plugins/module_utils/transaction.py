@@ -74,11 +74,11 @@ def stage(sources, release, staging):
         path = sources.get(name, "")
         if not os.path.isfile(path) or sha512_of(path) != digest.lower():
             raise Failure(f"{path or name} is missing or does not match its sha512 {digest}")
-    os.makedirs(staging, mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(staging, "unpacked"), mode=0o700, exist_ok=True)
     if release["layout"] == "loose":
         files = {}
         for name in (RUNSC, SHIM):
-            files[name] = os.path.join(staging, name)
+            files[name] = os.path.join(staging, "unpacked", name)
             shutil.copyfile(sources[name], files[name])
         return files
     archive, files = sources[next(iter(release["artifacts"]))], {}

@@ -87,7 +87,7 @@ imports:
   returned: always
   type: dict
 config_default:
-  description: The output of C(containerd config default) on containerd 1.x, empty on 2.x.
+  description: The output of C(containerd config default) on containerd 1.x, or without a configuration file; else empty.
   returned: always
   type: str
 config_newer:
@@ -256,10 +256,12 @@ def main():
     result["config"] = read_file(params["config_path"])
     result["imports"] = {path: read_file(path) for path in imports_of(params["config_path"], {params["config_path"]})}
     if containerd:
-        rc, out, err = module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
-        result["config"].update(dump_rc=rc, dump_error=err.strip(), dump=out)
-        if not result["containerd"]["version"].startswith(("2.", "3.")):
+        # Without a file, containerd runs on its built-in defaults (1.x cannot dump a missing file).
+        if not result["containerd"]["version"].startswith(("2.", "3.")) or not result["config"]["exists"]:
             result["config_default"] = module.run_command([containerd, "config", "default"])[1]
+        rc, out, err = (module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
+                        if result["config"]["exists"] else (0, result["config_default"], ""))
+        result["config"].update(dump_rc=rc, dump_error=err.strip(), dump=out)
     systemctl = module.get_bin_path("systemctl")
     result["services"] = {}
     if systemctl and os.path.isdir("/run/systemd/system"):

@@ -357,7 +357,7 @@ def in_place_changes(config_path, config_text, imported, wanted, names, defaults
             raise ConfigError(
                 f"containerd 1.x replaces the whole CRI plugin section of {config_path} with the one in {path}, which it "
                 f"imports, so runtime handlers written into {config_path} would not be seen. Move that section into "
-                f"{config_path}, or add the gVisor handlers to {path} yourself and set containerd_gvisor_containerd_config: false")
+                f"{config_path}; the file was left unchanged")
     editor.strip_block()
     block = {}
     for name in names:

@@ -266,7 +266,7 @@ def test_build_leaves_out_tests_benchmarks_scenarios_and_caches(clone, tarball, 
     for name in ("MANIFEST.json", "FILES.json", "README.md", "LICENSE", "meta/runtime.yml", "requirements.txt",
                  "roles/containerd_gvisor/tasks/main.yml", "roles/containerd/tasks/main.yml",
                  "playbooks/gvisor.yml", "playbooks/node.yml", "plugins/modules/release.py",
-                 "plugins/filter/containerd_config.py"):
+                 "plugins/plugin_utils/containerd_config.py"):
         assert name in names, f"{name} is missing from the tarball"
     # Nothing but files git knows: no stray build products or local files.
     tracked = set(filter(None, git(clone, "ls-files", "-z").split("\0")))

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from gvisor_node import ARCH, remove_node, start_node
+from gvisor_node import ARCH, CHANGE_TASK, remove_node, start_node
 from gvisor_testinfra import assert_gvisor_banner
 
 IMAGE = "containerd-gvisor-node:trixie-docker"
@@ -56,7 +56,9 @@ def test_runsc_is_merged_into_daemon_json_and_docker_runs_a_gvisor_sandbox(node)
     config = json.loads(node.read(DAEMON_JSON))
     assert config == {**SETTINGS, "runtimes": {"runsc": {"path": "/usr/local/bin/runsc", "runtimeArgs": ["--platform=systrap", "--network=none"]}}}
     assert docker_pid(node) != pid  # restarted, since the file changed
-    assert play.result("Start a gVisor sandbox through Docker")["rc"] == 0  # the role's own proof
+    # The role's own proof: a sandbox through Docker, after the restart.
+    assert "docker" in play.result(CHANGE_TASK)["restarted"]
+    assert [run["rc"] for run in play.result(CHANGE_TASK)["smoke"] if run["argv"][:2] == ["docker", "run"]] == [0]
     assert_gvisor_banner(node.sh("docker run --rm --pull=never --runtime=runsc --network=none local/busybox dmesg"))
 
 

@@ -231,8 +231,8 @@ def test_refused_at_the_first_request_before_the_node_changes(refusals, private_
     assert not run.play.ok
     assert run.after == run.before  # bin dir, /etc/containerd, state dir, containerd's process
     failed = [task for task, result in run.play.results() if result.get("failed")]
-    # The request's own failure, reported by the host that needed its answer.
-    assert failed == ["Stop when a request failed, the mirror has no such release, or a checksum file is not one"]
+    # The request's own failure, reported by the plan of the host that needed its answer.
+    assert failed == ["Plan the run"]
     status = REFUSALS[name].get("status")
     # A 401 is logged by the mirror; a refused certificate never gets as far as a request.
     assert run.requests == ([(CHECKSUM_PATH, status)] if status else [])

@@ -32,7 +32,7 @@ def render(tmp_path, handler, **variables):
               **variables, "given_handler": handler}
     env = dict(os.environ, ANSIBLE_LOCAL_TEMP=str(tmp_path), ANSIBLE_STDOUT_CALLBACK="json",
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1")
-    expression = f"{{{{ lookup('ansible.builtin.template', '{TEMPLATE}', template_vars={{'handler': given_handler}}) }}}}"
+    expression = f"{{{{ lookup('ansible.builtin.template', '{TEMPLATE}', template_vars={{'name': given_handler['name']}}) }}}}"
     proc = subprocess.run([str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local", "-m", "debug",
                            "-a", json.dumps({"msg": expression}), "-e", json.dumps(values)],
                           capture_output=True, text=True, env=env, check=False, timeout=120)
