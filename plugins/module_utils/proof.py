@@ -82,9 +82,9 @@ def effective_config(run, config_path, handlers):
 
 def wait(run, argv, seconds=30):
     """Run argv until it succeeds, at most about seconds; returns its last (rc, out, err)."""
-    for _ in range(seconds):
+    for attempt in range(seconds):
         rc, out, err = run(argv)
-        if rc == 0:
+        if rc == 0 or attempt == seconds - 1:
             break
         time.sleep(1)
     return rc, out, err

@@ -238,7 +238,7 @@ class Change:
     def fail_back(self, why):
         """Put back what this change kept, restart what it restarted, and fail saying what the node has now."""
         self.tx.put_back()
-        containerd, journal = self.p["containerd"], ""
+        containerd, journal, back = self.p["containerd"], "", False
         if "containerd" in self.restarted:
             journal = proof.last_log_lines(self.run)
             self.run(["systemctl", "restart", "containerd"])
@@ -344,7 +344,7 @@ def main():
         with locked(params["state_dir"], create=params["state"] == "present" and not module.check_mode):
             if params["state"] != "recovered" and change.tx.journal():
                 change.fail("Another run's change of gVisor on this node was stopped half way after this run read "
-                                     "the node; run again: it finishes or undoes that change first.")
+                            "the node; run again: it finishes or undoes that change first.")
             if params["staging_dir"] and params["state"] != "recovered":
                 clean_leftovers(params["bin_dir"], os.path.dirname(params["staging_dir"]), params["staging_dir"])
             getattr(change, params["state"])()

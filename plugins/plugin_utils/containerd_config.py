@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import os
 import re
 
@@ -67,7 +68,7 @@ def toml_value(value):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return "nan"
     if isinstance(value, float) and value in (float("inf"), float("-inf")):
         return "inf" if value > 0 else "-inf"
@@ -121,7 +122,7 @@ def headers(lines):
             continue
         path = []
         while isinstance(node, dict) and len(node) == 1:
-            key, node = next(iter(node.items()))
+            [(key, node)] = node.items()
             path.append(key)
         yield index, tuple(path)
 

@@ -343,8 +343,8 @@ def present(inputs, node, checked, answers):
     wanted.update({recorded[name]: None for name in removed if recorded[name] not in wanted})
     kvm = upstream.KVM_MODULES.get(node["cpu_vendor"], "")
     wanted[upstream.KVM_MODULES_LOAD] = kvm + "\n" if kvm and any(h["platform"] == "kvm" for h in handlers) else None
-    wanted[f"{inputs['state_dir']}/handlers.json"] = json.dumps({h["name"]: h["runsc_config_path"] for h in handlers}, indent=4,
-                                                   sort_keys=True) + "\n"
+    record = {handler["name"]: handler["runsc_config_path"] for handler in handlers}
+    wanted[f"{inputs['state_dir']}/handlers.json"] = json.dumps(record, indent=4, sort_keys=True) + "\n"
     docker = inputs.flag("docker")
     if docker:
         path = inputs["docker_daemon_json"]
@@ -428,8 +428,9 @@ def absent(inputs, node, checked, answers):
         "downloads": [], "controller_download": False, "release": {}, "runsc_version": "", "handlers": names,
         "module_args": {
             "state": "absent", "bin_dir": str(inputs["bin_dir"]), "state_dir": inputs["state_dir"], "files": files,
-            "remove": remove, "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"],
-                                            "socket": inputs["containerd_socket"], "handlers": {n: "" for n in names}},
+            "remove": remove,
+            "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"],
+                           "socket": inputs["containerd_socket"], "handlers": {name: "" for name in names}},
             "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": False},
         },
     }

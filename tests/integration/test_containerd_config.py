@@ -63,7 +63,7 @@ def sid(mirror, tmp_path_factory):
 
 def with_config(node, config):
     """containerd restarted on this config.toml, nothing of gVisor's on the node."""
-    node.sh(f"rm -rf /etc/containerd/conf.d /usr/local/bin/runsc /var/lib/containerd-gvisor")
+    node.sh("rm -rf /etc/containerd/conf.d /usr/local/bin/runsc /var/lib/containerd-gvisor")
     node.write(CONFIG, config)
     node.sh("systemctl restart containerd")
 

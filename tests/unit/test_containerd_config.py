@@ -32,12 +32,14 @@ DEBIAN = (FIXTURES / "debian-packaged-config.toml").read_text()
 DEFAULTS_16 = (FIXTURES / "containerd-1.6-config-default.toml").read_text()
 
 
-def edit_1x(text, wanted=WANTED, remove=(), defaults=DEFAULTS_16, imported=None):
-    """config.toml's new text on containerd 1.7 (the text itself when nothing changes)."""
+def edit_1x(text, wanted=None, remove=(), defaults=DEFAULTS_16, imported=None):
+    """config.toml's new text on containerd 1.7 (the text itself when nothing changes); the gvisor handler by default."""
+    wanted = WANTED if wanted is None else wanted
     return cc.changes("1.7.24", CONFIG, text, DROPIN, None, imported or {}, wanted, list(remove), defaults).get(CONFIG, text)
 
 
-def edit_2x(text, wanted=WANTED, remove=(), dropin=None, imported=None, containerd="2.1.9"):
+def edit_2x(text, wanted=None, remove=(), dropin=None, imported=None, containerd="2.1.9"):
+    wanted = WANTED if wanted is None else wanted
     return cc.changes(containerd, CONFIG, text, DROPIN, dropin, imported or {}, wanted, list(remove), "")
 
 

@@ -111,8 +111,8 @@ def test_every_input_problem_is_named_at_once():
     ({"platform": "kvm"}, node(), "A handler uses the kvm platform, but this node has no /dev/kvm"),
     ({"runsc_config": {"nvproxy": True}}, node(), "A handler uses nvproxy (GPU), but /dev/nvidiactl"),
     ({}, node(staging_noexec="/var/lib"), "is on a filesystem mounted noexec (/var/lib)"),
-    ({}, node(config="version = 2\n[x"), "containerd cannot parse /etc/containerd/config.toml: failed to load TOML. "
-                                          "The file was left unchanged"),
+    ({}, node(config="version = 2\n[x"),
+     "containerd cannot parse /etc/containerd/config.toml: failed to load TOML. The file was left unchanged"),
 ])
 def test_a_node_that_cannot_run_gvisor_as_asked_is_refused(overrides, state_node, message):
     if state_node["config"].get("content") == base64.b64encode(b"version = 2\n[x").decode():
@@ -215,8 +215,8 @@ def test_a_first_install_downloads_writes_and_proves_everything():
         "gvisor": "/etc/containerd/runsc.toml"}
     # The kubeadm node runs runc with SystemdCgroup = true: runsc must use systemd cgroups too (not in runsc do).
     assert runsc_toml(result)["runsc_config"] == {"platform": "systrap", "systemd-cgroup": "true"}
-    assert args["smoke"] == [{"name": "gvisor", "argv": ["/usr/local/bin/runsc", "--platform=systrap", "--network=none",
-                                                          "do", "dmesg"]}]
+    argv = ["/usr/local/bin/runsc", "--platform=systrap", "--network=none", "do", "dmesg"]
+    assert args["smoke"] == [{"name": "gvisor", "argv": argv}]
     assert args["containerd"]["restart"] and args["containerd"]["handlers"] == {"gvisor": "io.containerd.runsc.v1"}
     assert result["unchanged"] == ("The node is unchanged: it keeps no gVisor in /usr/local/bin and its configuration, "
                                    "and containerd was not restarted.")
