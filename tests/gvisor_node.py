@@ -27,8 +27,8 @@ STATE_DIR = "/var/lib/containerd-gvisor"
 # The task that changes the node: its result holds the sandboxes started ("smoke") and the services restarted.
 CHANGE_TASK = "Install the release, write the configuration, restart containerd and start gVisor sandboxes"
 
-# Everything a run may change, read in one `docker exec`: files by sha512, staging directories
-# left in /tmp, and containerd's main process (a restart changes MainPID and ActiveEnterTimestamp).
+# Everything a run may change, read in one `docker exec`: files by sha512, staging directories a run
+# left, and containerd's main process (a restart changes MainPID and ActiveEnterTimestamp).
 SNAPSHOT = r"""
 import glob, hashlib, json, os, subprocess, sys
 files = {}
@@ -42,8 +42,48 @@ for top in sys.argv[1:]:
                 files[path] = hashlib.sha512(handle.read()).hexdigest()
 show = subprocess.run(["systemctl", "show", "containerd", "-p", "MainPID", "-p", "ActiveEnterTimestamp",
                        "-p", "ActiveState"], capture_output=True, text=True).stdout
-print(json.dumps({"files": files, "staging": sorted(glob.glob("/var/tmp/containerd-gvisor-staging-*")),
+print(json.dumps({"files": files, "staging": sorted(glob.glob("/var/lib/containerd-gvisor/staging/run-*")),
                   "containerd": dict(line.split("=", 1) for line in show.splitlines() if "=" in line)}))
+"""
+
+
+# What makes a node whole after any run, failed or not, read in one `docker exec`: containerd runs and its CRI
+# plugin loaded; no change is left half done (no journal); the installed files are the ones the record names;
+# and, with gVisor installed, a sandbox starts with each recorded handler's runsc.toml flags.
+WHOLE = r"""
+import hashlib, json, os, subprocess, sys, tomllib
+bin_dir, state_dir = sys.argv[1:3]
+problems = []
+if subprocess.run(["systemctl", "is-active", "--quiet", "containerd"]).returncode != 0:
+    problems.append("containerd is not running")
+else:
+    cri = [l for l in subprocess.run(["ctr", "plugins", "ls"], capture_output=True, text=True).stdout.splitlines()
+           if " cri " in f" {l} "]
+    if not cri or any(l.split()[-1] != "ok" for l in cri):
+        problems.append(f"containerd's CRI plugin did not load: {cri}")
+if os.path.exists(os.path.join(state_dir, "transaction")):
+    problems.append("a change was left half done (its journal is still there)")
+try:
+    record = json.load(open(os.path.join(state_dir, "release.json")))
+except OSError:
+    record = {}
+for rel, digest in record.get("installed_files", {}).items():
+    path = os.path.join(bin_dir, rel)
+    if not os.path.isfile(path) or hashlib.sha512(open(path, "rb").read()).hexdigest() != digest:
+        problems.append(f"{path} is not the file the record names")
+if record and not problems:
+    try:
+        handlers = json.load(open(os.path.join(state_dir, "handlers.json")))
+    except OSError:
+        handlers = {}
+    for name, toml in handlers.items():
+        flags = tomllib.load(open(toml, "rb")).get("runsc_config", {})
+        argv = [os.path.join(bin_dir, "runsc")] + [f"--{k}={v}" for k, v in sorted(flags.items())
+                                                   if k not in ("systemd-cgroup", "network")] + ["--network=none", "do", "dmesg"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if "Starting gVisor" not in out.stdout:
+            problems.append(f"no sandbox starts with handler {name}: {out.stderr.strip()[-200:]}")
+print(json.dumps(problems))
 """
 
 
@@ -116,6 +156,11 @@ class Node:
         argv = ["docker", "exec", self.name, "python3", "-c", SNAPSHOT, BIN_DIR, os.path.dirname(CONFIG), STATE_DIR]
         return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
+    def problems(self):
+        """What keeps the node from being whole (see WHOLE); empty when it is."""
+        argv = ["docker", "exec", self.name, "python3", "-c", WHOLE, BIN_DIR, STATE_DIR]
+        return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=180).stdout)
+
     def release(self):
         """The install record (release.json), or None."""
         data = self.read(f"{STATE_DIR}/release.json")
@@ -162,9 +207,10 @@ def cgroup_volume(image):
     return ("/sys/fs/cgroup/unified" if image.endswith(":sid") else "/sys/fs/cgroup") + ":/sys/fs/cgroup:rw"
 
 
-def start_node(name, image, initial_config=None, devices=()):
+def start_node(name, image, initial_config=None, devices=(), env=None):
     """Start a node container as defined above and wait for systemd to finish booting it; with
-    initial_config, containerd restarts with that config.toml. devices are the host's device nodes it gets."""
+    initial_config, containerd restarts with that config.toml. devices are the host's device nodes it gets;
+    env is its environment, which every `docker exec` (so every module Ansible runs there) inherits."""
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode != 0:
         raise RuntimeError(f"no {image} image: run tests/harness/start-docker and "
                            f"tests/harness/build-images {image.rsplit(':', 1)[-1]}")
@@ -174,6 +220,7 @@ def start_node(name, image, initial_config=None, devices=()):
                     *[arg for opt in SECURITY_OPTS for arg in ("--security-opt", opt)],
                     *[arg for path in TMPFS for arg in ("--tmpfs", path)], "-v", cgroup_volume(image),
                     *[arg for device in devices for arg in ("--device", device)],
+                    *[arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")],
                     image, COMMAND], capture_output=True, text=True, check=True)
     node = Node(name)
     deadline = time.monotonic() + 60
@@ -189,3 +236,18 @@ def start_node(name, image, initial_config=None, devices=()):
 
 def remove_node(name):
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+def assert_ctr_reaches_the_shim(node, **overrides):
+    """containerd_gvisor_smoke_test_ctr on this node's real containerd: ctr must take the role's command line and
+    hand the sandbox to gVisor's shim. Offline the shim is the test mirror's stand-in, which refuses to start one, so
+    the run fails there and puts the node back; the real shim is proven in molecule/official."""
+    before = node.snapshot()
+    play = node.play(containerd_gvisor_smoke_test="always", containerd_gvisor_smoke_test_ctr=True, **overrides)
+    assert not play.ok
+    assert "a gVisor sandbox did not start with runtime handler gvisor (ctr --address /run/containerd/containerd.sock run " \
+        "--rm --runtime io.containerd.runsc.v1 --runtime-config-path " in play.message, play.message
+    assert "TEST STAND-IN for gVisor's containerd-shim-runsc-v1" in play.message, play.message  # the shim's own words
+    assert "Incorrect Usage" not in play.message and "must match" not in play.message
+    assert node.snapshot()["files"] == before["files"]
+    assert "containerd-gvisor-smoke" not in node.sh("ctr containers ls -q")  # nothing left behind

@@ -50,6 +50,9 @@ CONTROLLER_ACTIONS = {
     "end_play",
     "end_host",
     "end_batch",
+    # This collection's actions that decide on the control node from what node_info read.
+    "check",
+    "plan",
 }
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 

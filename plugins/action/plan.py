@@ -17,7 +17,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         args = self._task.args
         try:
-            result.update(plan.plan(args["inputs"], args.get("node"), args["checked"], args.get("answers") or []))
+            result.update(plan.plan(args["inputs"], args.get("node"), args.get("answers")))
         except plan.Refusal as refusal:
             return {**result, "failed": True, "msg": str(refusal)}
         return result

@@ -31,12 +31,14 @@ class Failure(Exception):
 
 
 def test_hook(step):
-    """Tests stop the module dead after a step: CONTAINERD_GVISOR_TEST_HOOK names a file that holds the step."""
+    """Tests stop the module dead after a step: CONTAINERD_GVISOR_TEST_HOOK names a file that holds the step, and
+    "pause" after it to have the module stopped (SIGSTOP) rather than killed, for the test to kill later."""
     hook = os.environ.get("CONTAINERD_GVISOR_TEST_HOOK")
     if hook and os.path.isfile(hook):
         with open(hook, encoding="utf-8") as handle:
-            if handle.read().strip() == step:
-                os.kill(os.getpid(), signal.SIGKILL)
+            words = handle.read().split()
+        if words[:1] == [step]:
+            os.kill(os.getpid(), signal.SIGSTOP if words[1:] == ["pause"] else signal.SIGKILL)
 
 
 def remove(path):

@@ -13,8 +13,10 @@ description:
   - Runs M(ansible.builtin.get_url) when O(dest) is given, else M(ansible.builtin.uri), with every other
     option passed on unchanged (TLS, certificates, credentials, headers, proxies, checksums).
   - Tries again what may be transient (no answer, a refused or reset connection, HTTP 408, 429 and 5xx,
-    a body cut off before its length), waiting O(delay) seconds before the second try and twice as long
-    before each further one, at most 60 s. A failure that is not transient ends it at once.
+    a body cut off before its length, a download that outlasts C(timeout)), waiting O(delay) seconds before the
+    second try and twice as long before each further one, at most 60 s. A failure that is not transient ends it at once.
+  - A file's whole download is bounded by C(timeout) (M(ansible.builtin.get_url)'s own bounds each read only): it runs
+    under Ansible's async wrapper, which stops it then.
 author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   url:

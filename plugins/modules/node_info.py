@@ -79,17 +79,15 @@ containerd:
   returned: always
   type: dict
 config:
-  description: The configuration file as O(files) returns files, plus C(dump_rc), C(dump_error) and C(dump) of C(containerd config dump).
+  description:
+    - The configuration file as O(files) returns files, plus C(dump_rc), C(dump_error) and C(dump) of C(containerd config dump),
+      containerd's effective configuration (C(containerd config default) when there is no file).
   returned: always
   type: dict
 imports:
   description: Each file the configuration imports (globs and nested imports resolved as containerd does), as O(files) returns files.
   returned: always
   type: dict
-config_default:
-  description: The output of C(containerd config default) on containerd 1.x, or without a configuration file; else empty.
-  returned: always
-  type: str
 config_newer:
   description: Whether the configuration file changed after the running containerd started (a restart is pending).
   returned: always
@@ -145,6 +143,7 @@ import json
 import os
 import pwd
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
@@ -246,44 +245,49 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    containerd = module.get_bin_path("containerd")
-    result = {"changed": False, "arch": os.uname().machine, "cpu_vendor": cpu_vendor(), "config_default": "",
-              "containerd": {"rc": 127, "version": "", "stderr": "containerd: command not found"}}
-    if containerd:
-        rc, out, err = module.run_command([containerd, "--version"])
-        version = re.search(r"\sv?(\d+\.\d+\.\d+)", out)
-        result["containerd"] = {"rc": rc, "version": version.group(1) if version else "", "stderr": err}
-    result["config"] = read_file(params["config_path"])
-    result["imports"] = {path: read_file(path) for path in imports_of(params["config_path"], {params["config_path"]})}
-    if containerd:
-        # Without a file, containerd runs on its built-in defaults (1.x cannot dump a missing file).
-        if not result["containerd"]["version"].startswith(("2.", "3.")) or not result["config"]["exists"]:
-            result["config_default"] = module.run_command([containerd, "config", "default"])[1]
-        rc, out, err = (module.run_command([containerd, "--config", params["config_path"], "config", "dump"])
-                        if result["config"]["exists"] else (0, result["config_default"], ""))
-        result["config"].update(dump_rc=rc, dump_error=err.strip(), dump=out)
-    systemctl = module.get_bin_path("systemctl")
-    result["services"] = {}
-    if systemctl and os.path.isdir("/run/systemd/system"):
-        result["services"] = {name: module.run_command([systemctl, "is-active", "--quiet", name])[0] == 0
-                              for name in params["services"]}
-    record = os.path.join(params["state_dir"], "handlers.json")
-    handlers = read_file(record)
-    try:
-        result["handlers"] = json.loads(base64.b64decode(handlers["content"])) if handlers["exists"] else {}
-    except ValueError:
-        result["handlers"] = {}
-    paths = params["files"] + [KVM_MODULES_LOAD, record] + [path for path in result["handlers"].values() if isinstance(path, str)]
-    result["files"] = {path: read_file(path) for path in paths}
-    result["config_newer"] = config_newer(module, systemctl, [params["config_path"], *result["imports"]]) if result["services"].get("containerd") else False
-    result["record"] = read_record(params["state_dir"])
-    result["record_problem"] = record_problem(params["bin_dir"], result["record"])
-    result["unfinished"] = (Transaction(params["bin_dir"], params["state_dir"]).journal() or {}).get("phase", "")
+    containerd, systemctl = module.get_bin_path("containerd"), module.get_bin_path("systemctl")
+    systemctl = systemctl if systemctl and os.path.isdir("/run/systemd/system") else None
     runsc = os.path.join(params["bin_dir"], "runsc")
-    result["runsc_version"] = module.run_command([runsc, "--version"])[1].split("\n")[0] if os.path.isfile(runsc) else ""
-    result["devices"] = {path: os.path.exists(path) for path in ["/dev/kvm", *NVIDIA_DEVICES, *params["devices"]]}
-    result["commands"] = {name: module.get_bin_path(name) or "" for name in ("ctr", "docker")}
-    result["staging_noexec"] = noexec_mount(params["staging_dir"]) if params["staging_dir"] else ""
+    record_path = os.path.join(params["state_dir"], "handlers.json")
+    result = {"changed": False, "arch": os.uname().machine, "cpu_vendor": cpu_vendor(),
+              "containerd": {"rc": 127, "version": "", "stderr": "containerd: command not found"},
+              "config": read_file(params["config_path"]), "record": read_record(params["state_dir"])}
+    # The commands and the hashing run side by side: together they take as long as the slowest of them.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        def start(*argv):
+            return pool.submit(module.run_command, list(argv))
+
+        version = start(containerd, "--version") if containerd else None
+        # Without a file, containerd runs on its built-in defaults (and 1.x cannot dump a missing file).
+        default = start(containerd, "config", "default") if containerd and not result["config"]["exists"] else None
+        dump = start(containerd, "--config", params["config_path"], "config", "dump") if containerd and result["config"]["exists"] else None
+        services = {name: start(systemctl, "is-active", "--quiet", name) for name in params["services"]} if systemctl else {}
+        runsc_version = start(runsc, "--version") if os.path.isfile(runsc) else None
+        problem = pool.submit(record_problem, params["bin_dir"], result["record"])
+        result["imports"] = {path: read_file(path) for path in imports_of(params["config_path"], {params["config_path"]})}
+        handlers = read_file(record_path)
+        try:
+            result["handlers"] = json.loads(base64.b64decode(handlers["content"])) if handlers["exists"] else {}
+        except ValueError:
+            result["handlers"] = {}
+        paths = params["files"] + [KVM_MODULES_LOAD, record_path] + [p for p in result["handlers"].values() if isinstance(p, str)]
+        result["files"] = {path: read_file(path) for path in paths}
+        result["devices"] = {path: os.path.exists(path) for path in ["/dev/kvm", *NVIDIA_DEVICES, *params["devices"]]}
+        result["commands"] = {name: module.get_bin_path(name) or "" for name in ("ctr", "docker")}
+        result["staging_noexec"] = noexec_mount(params["staging_dir"]) if params["staging_dir"] else ""
+        result["unfinished"] = (Transaction(params["bin_dir"], params["state_dir"]).journal() or {}).get("phase", "")
+        if version:
+            rc, out, err = version.result()
+            found = re.search(r"\sv?(\d+\.\d+\.\d+)", out)
+            result["containerd"] = {"rc": rc, "version": found.group(1) if found else "", "stderr": err}
+        if dump or default:
+            rc, out, err = (dump or default).result()
+            result["config"].update(dump_rc=rc, dump_error=err.strip(), dump=out)
+        result["services"] = {name: job.result()[0] == 0 for name, job in services.items()}
+        result["runsc_version"] = runsc_version.result()[1].split("\n")[0] if runsc_version else ""
+        result["record_problem"] = problem.result()
+    result["config_newer"] = (config_newer(module, systemctl, [params["config_path"], *result["imports"]])
+                              if result["services"].get("containerd") else False)
     module.exit_json(**result)
 
 

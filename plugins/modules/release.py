@@ -126,7 +126,12 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import proof
-from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import RECORD, locked, read_record
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
+    RECORD,
+    locked,
+    read_record,
+    stat_key,
+)
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.transaction import (
     NAMES,
     Failure,
@@ -217,7 +222,8 @@ class Change:
         try:
             if staged:
                 installed = install(self.p["bin_dir"], staged)
-                record = {"release": self.p["release"], "installed_files": installed, "runsc_version": self.result["runsc_version"]}
+                record = {"release": self.p["release"], "installed_files": installed, "runsc_version": self.result["runsc_version"],
+                          "installed_stat": {path: stat_key(os.path.join(self.p["bin_dir"], path)) for path in installed}}
                 write(os.path.join(self.p["state_dir"], RECORD), json.dumps(record, indent=2, sort_keys=True).encode() + b"\n", 0o600)
                 test_hook("installed")
             write_files(self.p["files"])
@@ -302,13 +308,13 @@ class Change:
             return
         if journal["phase"] == "proven":
             self.tx.commit()
-            self.result["msg"] = "A change an earlier run made had been proven before that run was stopped: it was kept."
+            self.result["msg"] = "A change was stopped half way after it had been proven: it was kept."
             return
         restarts = self.tx.put_back()
         for service in restarts:
             self.run(["systemctl", "reset-failed", service])
             self.run(["systemctl", "restart", service])
-        self.result["msg"] = (f"An earlier run was stopped before its change was proven: what it had replaced was put back"
+        self.result["msg"] = (f"A change was stopped half way before it was proven: what it had replaced was put back"
                               f"{' and ' + ' and '.join(restarts) + ' restarted' if restarts else ''}; the node has "
                               f"{holding(self.p['bin_dir'], self.p['state_dir'])}.")
 

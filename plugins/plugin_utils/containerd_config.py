@@ -317,14 +317,16 @@ def covers(pattern, path):
     return len(parts) == len(names) and all(fnmatch.fnmatchcase(n, p) for p, n in zip(parts, names))
 
 
-def default_runtime(data, runtimes_path, defaults_text):
-    """{key path: table} of containerd's default runtime when the file defines runtimes but not that one."""
+def default_runtime(data, runtimes_path, effective):
+    """{key path: table} of containerd's default runtime when the file defines runtimes but not that one, taken
+    from containerd's effective configuration (`containerd config dump`, which shows the built-in runc while
+    the file defines no runtime)."""
     containerd = dig(data, runtimes_path[:-1]) or {}
     runtimes = containerd.get("runtimes") or {}
-    if not defaults_text or not runtimes:
+    if not effective or not runtimes:
         return {}
-    defaults = tomllib.loads(defaults_text)
-    default = dig(defaults, RUNTIMES_TABLE[config_version(defaults, "containerd config default")][:-1]) or {}
+    defaults = tomllib.loads(effective)
+    default = dig(defaults, RUNTIMES_TABLE[config_version(defaults, "containerd config dump")][:-1]) or {}
     name = containerd.get("default_runtime_name") or default.get("default_runtime_name") or "runc"
     table = (default.get("runtimes") or {}).get(name)
     return {runtimes_path + (name,): table} if name not in runtimes and isinstance(table, dict) else {}
@@ -333,22 +335,22 @@ def default_runtime(data, runtimes_path, defaults_text):
 # --- what the plan calls -------------------------------------------------------------------------
 
 
-def changes(containerd, config_path, config_text, dropin_path, dropin_text, imported, wanted, remove, defaults_text=""):
+def changes(containerd, config_path, config_text, dropin_path, dropin_text, imported, wanted, remove, effective=""):
     """{path: new text, or None to delete} of each configuration file that must change.
 
     containerd: the node's version; config_text/dropin_text: None for a missing file; imported: {path:
     text} of the files config.toml imports; wanted: {handler: table} (empty to take gVisor off); remove:
-    handler names to take out besides those not wanted; defaults_text: `containerd config default` (1.x).
+    handler names to take out besides those not wanted; effective: `containerd config dump` (1.x's runc).
     """
     names = list(wanted) + sorted(set(remove) - set(wanted))
     if version_tuple(containerd) >= (2, 0, 0):
         result = dropin_changes(containerd, config_path, config_text, dropin_path, dropin_text, imported, wanted, names)
     else:
-        result = in_place_changes(config_path, config_text, imported, wanted, names, defaults_text)
+        result = in_place_changes(config_path, config_text, imported, wanted, names, effective)
     return {path: text for path, text in result.items() if text != (config_text if path == config_path else dropin_text)}
 
 
-def in_place_changes(config_path, config_text, imported, wanted, names, defaults_text):
+def in_place_changes(config_path, config_text, imported, wanted, names, effective):
     """containerd 1.x: the handlers' tables in config.toml, between the markers."""
     created = "version = 2\n"
     editor = Editor(config_text or created, config_path)
@@ -372,7 +374,7 @@ def in_place_changes(config_path, config_text, imported, wanted, names, defaults
     expected = copy.deepcopy(editor.data)
     for path, table in block.items():
         set_table(expected, path, table)
-    runc = default_runtime(expected, editor.runtimes_path, defaults_text)
+    runc = default_runtime(expected, editor.runtimes_path, effective)
     if block or runc:
         editor.append_block({**runc, **block})
     return {config_path: None if not wanted and editor.text == created != config_text else editor.text}

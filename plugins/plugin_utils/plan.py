@@ -155,12 +155,11 @@ def node_problems(inputs, node, arch):
     return problems
 
 
-def check(variables, node=None):
+def check(inputs, node=None):
     """Refuse what cannot work; return where the release comes from (without a node: for playbooks/mirror.yml)."""
     if containerd_config.tomllib is None:
         raise Refusal(f"gvisor_nodes.containerd_gvisor needs Python 3.11 or later on the control node (for tomllib); "
                       f"this one is {sys.version.split()[0]}")
-    inputs = Inputs.of(variables)
     problems = input_problems(inputs)
     if problems:
         raise Refusal(" ".join(problems))
@@ -284,15 +283,26 @@ def file_changes(wanted, read):
     return changes
 
 
-def plan(variables, node, checked, answers):
-    """Everything the run does, for the release module, the download and the messages."""
+def plan(variables, node=None, answers=None):
+    """Everything the run does, for the release module, the download and the messages.
+
+    Without answers, when the release's checksums are not known yet, only where to ask for them ("ask");
+    the tasks ask the mirror and call again with its answers. Without a node: playbooks/mirror.yml's copy.
+    """
     inputs = Inputs.of(variables)
+    checked = check(inputs, node)
+    if answers is None and not checked["release"]["artifacts"] and inputs["state"] == "present":
+        return {"changed": False, "ask": True, "release": checked["release"], "warnings": checked["warnings"]}
+    # Warnings are said once, by the first call.
+    warnings = checked.pop("warnings") if answers is None else []
     if node is None:
-        return mirror(inputs, with_checksums(checked["release"], answers))
+        return mirror(inputs, with_checksums(checked["release"], answers or []))
     try:
-        return (present if inputs["state"] == "present" else absent)(inputs, node, checked, answers)
+        result = (present(inputs, node, with_checksums(checked["release"], answers or [])) if inputs["state"] == "present"
+                  else absent(inputs, node))
     except ConfigError as err:
         raise Refusal(str(err)) from None
+    return {**result, "ask": False, "warnings": warnings}
 
 
 def mirror(inputs, release):
@@ -311,14 +321,13 @@ def config_changes(inputs, node, wanted, remove):
     changed = containerd_config.changes(
         node["containerd"]["version"] or "0", inputs["containerd_config_path"], text_of(config, inputs["containerd_config_path"]),
         inputs["containerd_dropin_path"], text_of(node["files"].get(inputs["containerd_dropin_path"]), inputs["containerd_dropin_path"]),
-        {path: text for path, text in imported.items() if text is not None}, wanted, remove, node.get("config_default", ""))
+        {path: text for path, text in imported.items() if text is not None}, wanted, remove, config.get("dump", ""))
     return [{"path": path, "content": text, "mode": config.get("mode", "0644") if path == inputs["containerd_config_path"]
              else "0644", "backup": inputs.flag("containerd_config_backup") and path == inputs["containerd_config_path"]}
             for path, text in changed.items()]
 
 
-def present(inputs, node, checked, answers):
-    release = with_checksums(checked["release"], answers)
+def present(inputs, node, release):
     installed = node["record"].get("release", {}) if not node["record_problem"] else {}
     install = installed.get("arch") != release["arch"] or installed.get("artifacts") != release["artifacts"]
     bin_dir = str(inputs["bin_dir"]).rstrip("/") or "/"
@@ -410,7 +419,7 @@ def docker_smoke(inputs):
             "dmesg"] if image else []
 
 
-def absent(inputs, node, checked, answers):
+def absent(inputs, node):
     """Taking gVisor off: every handler the role recorded and those it is told of now, then its files."""
     names = list(node["handlers"]) + [h["name"] for h in inputs.handlers() if h["name"] not in node["handlers"]]
     files = config_changes(inputs, node, {}, names)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gvisor_mirror import point_latest, served_bytes
-from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, STATE_DIR, remove_node, start_node
+from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, STATE_DIR, assert_ctr_reaches_the_shim, remove_node, start_node
 from gvisor_testinfra import REPO, RUNTIME_TYPE, expected_files, handler_table, runsc_version_line, uses_archive
 
 # containerd 1.7 runs every release the mirror serves, of both layouts.
@@ -210,6 +210,11 @@ BAD_INPUTS = {
                         "containerd_gvisor_checksums.runsc must be a sha512 checksum"),
     "state": ({"containerd_gvisor_state": "removed"}, "containerd_gvisor_state"),
     "download-tries": ({"containerd_gvisor_download_retries": 0}, "must be positive"),
+    "shared-runsc-toml": ({"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": RUNSC_TOML},
+                                                         {"name": "gvisor-kvm", "runsc_config_path": RUNSC_TOML}]},
+                          f"Handlers gvisor and gvisor-kvm share the runsc.toml {RUNSC_TOML}"),
+    "platform": ({"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": RUNSC_TOML, "platform": "x"}]},
+                 "containerd_gvisor_handlers[0].platform"),
 }
 
 
@@ -414,3 +419,113 @@ def test_two_runs_at_once_leave_one_whole_release(node):
     assert node.snapshot()["staging"] == []
     assert effective_runtime_type(node) == RUNTIME_TYPE
     assert_cri_ok(node)
+
+
+# --- defects found by trying faults and attacks ----------------------------------------------------------------
+
+
+def test_a_mirror_that_trickles_is_stopped_at_the_download_timeout(node, mirror, installed, fault_case):
+    empty_download_cache(node)
+    path = f"/release/{OLD}/{ARCH}/runsc"
+    mirror.set_faults({path: {"kind": "trickle", "bytes_per_second": 1024}})
+    for mode in ("controller", "node"):
+        started = datetime.datetime.now()
+        play = node.play(containerd_gvisor_version=OLD, containerd_gvisor_download_mode=mode)
+        took = (datetime.datetime.now() - started).total_seconds()
+        assert not play.ok
+        assert (f"GET {mirror.url}{path} failed: the download took longer than 2 s (containerd_gvisor_download_timeout) "
+                "and was stopped (gave up after 3 tries)") in play.message, play.message
+        # Three tries of 2 s, a second and two between them, and the rest of the run: not hours.
+        assert took < 60, took
+        assert node.snapshot() == installed
+        fault_case(f"a mirror that trickles ({mode} mode)", node)
+
+
+def test_a_redirect_loop_is_refused_naming_the_url(node, mirror, installed, fault_case):
+    path = f"/release/{OLD}/{ARCH}/gvisor.tar.bz2.sha512"
+    mirror.set_faults({path: {"kind": "redirect_loop"}})
+    play = node.play(containerd_gvisor_version=OLD)
+    assert not play.ok
+    assert f"GET {mirror.url}{path} failed: HTTP 302" in play.message, play.message
+    assert node.snapshot() == installed
+    fault_case("a redirect loop", node)
+
+
+def test_credentials_in_the_mirror_url_are_refused_and_never_shown_or_stored(node, mirror, installed, tmp_path):
+    secret = "s3cret-in-the-url"
+    url = mirror.url.replace("://", f"://user:{secret}@")
+    log = tmp_path / "ansible.log"
+    play = node.play(ansible_args=["-vvv"], ansible_env={"ANSIBLE_LOG_PATH": str(log), "ANSIBLE_VERBOSE_TO_STDERR": "1"},
+                     containerd_gvisor_mirror_url=url)
+    assert not play.ok
+    assert "containerd_gvisor_mirror_url holds credentials" in play.message
+    assert "containerd_gvisor_url_username and containerd_gvisor_url_password" in play.message
+    assert node.snapshot() == installed
+    shown = [where for where, text in (("the result", play.stdout), ("the log", log.read_text()), ("stderr", play.stderr))
+             if secret in text]
+    assert shown == []
+    assert node.sh(f"grep -rl {shlex.quote(secret)} {BIN_DIR} /etc/containerd {STATE_DIR} /var/tmp /tmp || true").strip() == ""
+
+
+def test_a_symlinked_config_toml_keeps_its_link_and_its_target_is_edited_and_restored(node, fault_case):
+    ensure_release(node, BASELINE)
+    assert node.play(containerd_gvisor_state="absent").ok
+    target = "/etc/containerd/config-real.toml"
+    node.sh(f"mv {CONFIG} {target} && ln -s {target} {CONFIG} && systemctl restart containerd")
+    original = node.read(target)
+    try:
+        play = node.play()
+        assert play.ok, play
+        assert node.sh(f"readlink {CONFIG}").strip() == target
+        assert handler_table(tomllib.loads(node.read(target).decode()), "gvisor")["runtime_type"] == RUNTIME_TYPE
+        assert effective_runtime_type(node) == RUNTIME_TYPE
+        play = node.play(containerd_gvisor_state="absent")
+        assert play.ok, play
+        assert node.sh(f"readlink {CONFIG}").strip() == target
+        assert node.read(target) == original
+    finally:
+        node.sh(f"rm -f {CONFIG} && mv {target} {CONFIG} && systemctl restart containerd")
+
+
+def test_a_noexec_staging_directory_is_refused_before_any_change(node, installed):
+    staging = f"{STATE_DIR}/staging"
+    node.sh(f"mkdir -p {staging} && mount -t tmpfs -o noexec tmpfs {staging}")
+    try:
+        before = node.snapshot()
+        play = node.play(containerd_gvisor_version=OLD)
+        assert not play.ok
+        assert (f"containerd_gvisor_staging_dir {staging} is on a filesystem mounted noexec ({staging}): the role runs the "
+                "downloaded runsc there") in play.message
+        assert node.snapshot() == before
+        # Elsewhere it works.
+        play = node.play(containerd_gvisor_version=OLD, containerd_gvisor_staging_dir="/var/tmp/containerd-gvisor")
+        assert play.ok, play
+        assert node.sh("ls -A /var/tmp/containerd-gvisor 2>/dev/null || true").strip() == ""
+    finally:
+        node.sh(f"umount {staging}; rmdir {staging} || true")
+
+
+@pytest.mark.parametrize("text, said", [
+    (b"version = 2\n# caf\xe9 au lait\n", "line 2 holds the byte 0xe9, which is not UTF-8"),
+    (b"\xef\xbb\xbfversion = 2\n", "starts with a UTF-8 byte order mark"),
+    (b'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]\n  gvisor = { runtime_type = "x" }\n',
+     f"cannot merge the gvisor runtime into {CONFIG} safely: the table at line 3 is an inline table or uses dotted keys"),
+    (b'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]\n  gvisor.runtime_type = "x"\n',
+     f"cannot merge the gvisor runtime into {CONFIG} safely: the table at line 3 is an inline table or uses dotted keys"),
+], ids=["latin-1", "bom", "inline-table", "dotted-keys"])
+def test_a_config_toml_that_cannot_be_edited_is_refused_with_the_line_before_any_change(node, installed, text, said):
+    good = node.read(CONFIG)
+    node.write(CONFIG, text)
+    try:
+        before = node.snapshot()
+        play = node.play()
+        assert not play.ok
+        assert said in play.message, play.message
+        assert "CapturedExceptionMarker" not in play.message
+        assert node.snapshot() == before
+    finally:
+        node.write(CONFIG, good)
+
+
+def test_the_ctr_smoke_test_reaches_the_shim_on_containerd_17(node, installed):
+    assert_ctr_reaches_the_shim(node)

@@ -28,8 +28,10 @@ Faults are set at run time over HTTP (these requests are not logged):
 Kinds: "404"; "500"; "stall" with "seconds" (sleep before the headers, then
 serve normally); "truncate" (full Content-Length, half the body, then close);
 "corrupt" (same length, bytes flipped); "bad_sha512" (body
-"not-a-checksum  <name>\\n"). Any fault takes an optional "count": only the
-first N matching requests get it, later ones are served normally.
+"not-a-checksum  <name>\\n"); "trickle" with "bytes_per_second" (the whole file,
+that slowly: each read gets an answer, the download never ends in time);
+"redirect_loop" (302 back to the same path). Any fault takes an optional
+"count": only the first N matching requests get it, later ones are served normally.
 """
 
 import argparse
@@ -48,7 +50,7 @@ import threading
 import time
 import urllib.parse
 
-KINDS = {"404", "500", "stall", "truncate", "corrupt", "bad_sha512"}
+KINDS = {"404", "500", "stall", "truncate", "corrupt", "bad_sha512", "trickle", "redirect_loop"}
 CHUNK = 64 * 1024
 REALM = "gvisor-mirror"
 HANDSHAKE_TIMEOUT = 10  # seconds a client may take over the TLS handshake
@@ -232,19 +234,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_body(404, b"not found (injected)\n", head=head)
             elif kind == "500":
                 self.send_body(500, b"internal error (injected)\n", head=head)
+            elif kind == "redirect_loop":
+                self.send_response(302)
+                self.send_header("Location", path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif kind == "bad_sha512":
                 name = posixpath.basename(path)
                 if name.endswith(".sha512"):
                     name = name[: -len(".sha512")]
                 self.send_body(200, f"not-a-checksum  {name}\n".encode(), head=head)
             else:
-                self.send_file(path, kind, head)
+                self.send_file(path, kind, head, fault.get("bytes_per_second", 0) if fault else 0)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
             self.access_log(fault)
 
-    def send_file(self, path, kind, head):
+    def send_file(self, path, kind, head, rate=0):
         real = self.resolve(path)
         if real is None:
             self.send_body(404, b"not found\n", head=head)
@@ -266,7 +273,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         done = 0
         with open(real, "rb") as src:
             while done < limit:
-                chunk = src.read(min(CHUNK, limit - done))
+                chunk = src.read(min(CHUNK if kind != "trickle" else max(1, int(rate)), limit - done))
+                if kind == "trickle":
+                    time.sleep(1)
                 if not chunk:
                     break
                 if flips:

@@ -221,6 +221,20 @@ def test_fault_bad_sha512(server):
     assert headers["Content-Length"] == str(len(body))
 
 
+def test_fault_trickle_sends_the_file_that_slowly(server):
+    set_faults(server, {URL: {"kind": "trickle", "bytes_per_second": len(PAYLOAD) // 2 + 1}})
+    start = time.monotonic()
+    status, _ignored, body, complete = request_(server, "GET", URL)
+    assert (status, body, complete) == (200, PAYLOAD, True)
+    assert time.monotonic() - start >= 1.9  # two chunks, a second each
+
+
+def test_fault_redirect_loop_points_back_at_itself(server):
+    set_faults(server, {URL: {"kind": "redirect_loop"}})
+    status, headers, body, _ignored = request_(server, "GET", URL)
+    assert (status, headers["Location"], body) == (302, URL, b"")
+
+
 def test_fault_count_applies_to_any_kind(server):
     set_faults(server, {URL: {"kind": "corrupt", "count": 1}})
     assert request_(server, "GET", URL)[2] != PAYLOAD

@@ -36,7 +36,7 @@ def node(config=KUBEADM, containerd="1.7.24", files=None, record=None, **overrid
     """What node_info returns for a trixie node with containerd running."""
     result = {"arch": "x86_64", "cpu_vendor": "GenuineIntel", "containerd": {"rc": 0, "version": containerd, "stderr": ""},
               "config": {**(read(config) if config is not None else {"exists": False}), "dump_rc": 0, "dump_error": "",
-                         "dump": config or DUMP_17}, "imports": {}, "config_default": DUMP_17, "config_newer": False,
+                         "dump": config or DUMP_17}, "imports": {}, "config_newer": False,
               "services": {"containerd": True, "docker": False}, "files": files or {}, "record": record or {},
               "handlers": {}, "record_problem": "" if record else "no gVisor release is recorded", "unfinished": "",
               "runsc_version": "", "devices": {"/dev/kvm": False}, "commands": {"ctr": "/usr/bin/ctr", "docker": ""},
@@ -60,10 +60,11 @@ def archive_answers(base="https://storage.googleapis.com/gvisor/releases/release
 
 
 def run(variables=None, state_node=None, answers=None):
+    """The plan as the tasks make it: once, and again with the mirror's answers when it asks for them."""
     variables = variables or inputs()
     state_node = state_node or node()
-    checked = plan.check(variables, state_node)
-    return plan.plan(variables, state_node, checked, answers if answers is not None else archive_answers())
+    first = plan.plan(variables, state_node)
+    return plan.plan(variables, state_node, answers if answers is not None else archive_answers()) if first["ask"] else first
 
 
 def refusal(function, *args):
@@ -96,11 +97,11 @@ def refusal(function, *args):
      "containerd_gvisor_handlers[0].shim_config key 'Log-Level' is not an option"),
 ])
 def test_bad_inputs_are_refused_naming_the_variable(overrides, message):
-    assert message in refusal(plan.check, inputs(**overrides), node())
+    assert message in refusal(plan.plan, inputs(**overrides), node())
 
 
 def test_every_input_problem_is_named_at_once():
-    message = refusal(plan.check, inputs(version="x", download_timeout=0), node())
+    message = refusal(plan.plan, inputs(version="x", download_timeout=0), node())
     assert "containerd_gvisor_version 'x'" in message and "containerd_gvisor_download_timeout must be positive" in message
 
 
@@ -117,28 +118,31 @@ def test_every_input_problem_is_named_at_once():
 def test_a_node_that_cannot_run_gvisor_as_asked_is_refused(overrides, state_node, message):
     if state_node["config"].get("content") == base64.b64encode(b"version = 2\n[x").decode():
         state_node["config"].update(dump_rc=1, dump_error="failed to load TOML")
-    assert message in refusal(plan.check, inputs(**overrides), state_node)
+    assert message in refusal(plan.plan, inputs(**overrides), state_node)
 
 
 def test_a_containerd_with_known_gvisor_bugs_is_a_warning():
-    assert "containerd/issues/11871" in plan.check(inputs(), node(containerd="2.1.1"))["warnings"][0]
-    assert plan.check(inputs(), node(containerd="2.1.9"))["warnings"] == []
+    assert "containerd/issues/11871" in plan.plan(inputs(), node(containerd="2.1.1"))["warnings"][0]
+    assert plan.plan(inputs(), node(containerd="2.1.9"))["warnings"] == []
+    # Said once: not again by the plan made with the mirror's answers.
+    assert run(inputs(), node(containerd="2.1.1"))["warnings"] == []
 
 
 # --- where the release comes from ---------------------------------------------------------------------------------
 
 
 def test_a_dated_release_the_node_has_needs_no_request_and_latest_always_asks():
-    known = plan.check(inputs(version="20240729"), node(**installed()))["release"]
-    assert known["artifacts"] == {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}
-    assert plan.check(inputs(version="latest"), node(**installed(version="latest")))["release"]["artifacts"] == {}
+    known = plan.plan(inputs(version="20240729"), node(**installed()))
+    assert not known["ask"] and known["release"]["artifacts"] == {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}
+    latest = plan.plan(inputs(version="latest"), node(**installed(version="latest")))
+    assert latest["ask"] and latest["release"]["artifacts"] == {}
     # A pin the record does not hold means asking again.
     pinned = inputs(version="20240729", checksums={"runsc": "d" * 128})
-    assert plan.check(pinned, node(**installed()))["release"]["artifacts"] == {}
+    assert plan.plan(pinned, node(**installed()))["ask"]
 
 
 def test_pinned_checksums_need_no_request():
-    release = plan.check(inputs(checksums={"gvisor.tar.bz2": "A" * 128}), node())["release"]
+    release = plan.plan(inputs(checksums={"gvisor.tar.bz2": "A" * 128}), node())["release"]
     assert release == {"version": "latest", "arch": "x86_64", "layout": "archive",
                        "url": "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64",
                        "artifacts": {"gvisor.tar.bz2": "a" * 128}}
@@ -266,7 +270,7 @@ def test_a_handler_taken_off_the_list_leaves_containerd_and_its_runsc_toml_goes(
 
 def test_on_containerd_2_the_handlers_go_into_the_drop_in():
     sid = (REPO / "tests" / "fixtures" / "containerd" / "sid-v3.toml").read_text()
-    result = run(inputs(), node(config=sid, containerd="2.1.9", config_default=""))
+    result = run(inputs(), node(config=sid, containerd="2.1.9"))
     files = {f["path"]: f["content"] for f in result["module_args"]["files"]}
     dropin = tomllib.loads(files["/etc/containerd/conf.d/gvisor.toml"])
     assert dropin["version"] == 3 and "gvisor" in dropin["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
@@ -321,8 +325,8 @@ def test_absent_takes_out_every_recorded_handler_and_the_files_it_wrote():
 
 def test_playbooks_mirror_plans_each_file_into_the_buckets_layout():
     variables = inputs(mirror_dir="/srv/gvisor/", arch="aarch64", version="20240729")
-    checked = plan.check(variables)
+    assert plan.plan(variables)["ask"]
     base = "https://storage.googleapis.com/gvisor/releases/release/20240729/aarch64"
-    result = plan.plan(variables, None, checked, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, ARCHIVE_SUM)])
+    result = plan.plan(variables, None, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, ARCHIVE_SUM)])
     assert result["mirror_dir"] == "/srv/gvisor/release/20240729/aarch64"
     assert [d["dest"] for d in result["downloads"]] == ["/srv/gvisor/release/20240729/aarch64/gvisor.tar.bz2"]
