@@ -47,7 +47,7 @@ def archive_files(archive):
     with tarfile.open(archive, "r:bz2") as tar:
         for member in tar.getmembers():
             if member.isfile():
-                name = member.name.removeprefix("./")
+                name = member.name.removeprefix("./").removeprefix("gvisor/")  # GitHub's archives: under gvisor/
                 files[name] = hashlib.sha512(tar.extractfile(member).read()).hexdigest()
     return files
 

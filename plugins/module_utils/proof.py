@@ -81,18 +81,25 @@ def effective_config(run, config_path, handlers):
 
 
 def wait(run, argv, seconds=30):
-    """Run argv until it succeeds, at most about seconds; returns its last (rc, out, err)."""
-    for attempt in range(seconds):
-        rc, out, err = run(argv)
-        if rc == 0 or attempt == seconds - 1:
-            break
+    """Run argv (each try at most 5 s) until it succeeds or seconds have passed; returns its last (rc, out, err)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rc, out, err = run(["timeout", "5"] + argv)
+        if rc == 0 or time.monotonic() > deadline:
+            return rc, out, err
         time.sleep(1)
-    return rc, out, err
+
+
+def restart(run, service):
+    """systemctl restart, with systemd's start limit cleared first: a node restarted several times in a row (a change
+    and its rollback, say) would otherwise be refused ("Start request repeated too quickly")."""
+    run(["systemctl", "reset-failed", service])
+    return run(["systemctl", "restart", service])
 
 
 def restart_containerd(run, containerd):
     """Restart containerd and check it loaded its CRI plugin and every handler as written."""
-    rc, _out, err = run(["systemctl", "restart", "containerd"])
+    rc, _out, err = restart(run, "containerd")
     if rc != 0:
         raise Failure(f"Restart containerd: {err.strip() or 'systemctl restart containerd failed'}")
     rc, out, err = wait(run, ["ctr", "--address", containerd["socket"], "plugins", "ls"])
@@ -116,8 +123,7 @@ def ctr_sandbox(run, command, socket, timeout):
 
 def restart_docker(run, docker):
     """Restart Docker and check it lists gVisor's runtime (or, when taking it off, does not)."""
-    run(["systemctl", "reset-failed", "docker"])
-    rc, _out, err = run(["systemctl", "restart", "docker"])
+    rc, _out, err = restart(run, "docker")
     if rc != 0:
         raise Failure(f"Restart Docker: {err.strip()}")
     rc, out, err = wait(run, ["docker", "info", "--format", "{{json .Runtimes}}"])

@@ -90,6 +90,7 @@ def stage(sources, release, staging):
                 parts = [part for part in member.name.split("/") if part not in ("", ".")]
                 if member.name.startswith("/") or ".." in parts:
                     raise Failure(f"{archive} holds the unsafe member {member.name!r}")
+                parts = parts[1:] if parts[:1] == ["gvisor"] else parts  # GitHub's archives hold gvisor/runsc and so on
                 if member.isdir() or not (parts in ([RUNSC], [SHIM]) or parts[:1] == [HELPERS]):
                     continue
                 if not member.isreg():

@@ -14,6 +14,13 @@ ARCHES = ("x86_64", "aarch64")
 # A release's files. The release bucket served loose files up to 20260817 and the archive from
 # 20260721 (gvisor.dev/docs/user_guide/install); the role asks for the archive's checksum first.
 ARCHIVE = "gvisor.tar.bz2"
+# Since release 20260817.0 gVisor's GitHub releases carry one archive per architecture (its members under gvisor/)
+# with SHA512SUMS beside them (kubernetes-sigs/kubespray#13465).
+GITHUB_ARCHIVE = "gvisor-{arch}.tar.bz2"
+GITHUB_SINCE = "20260817"
+# The bucket's channels (gvisor.dev/docs/user_guide/install): dated and point releases, nightly builds by day, and
+# every commit of master; each as <channel>/<version>/<arch>/ with the same files.
+CHANNELS = {"release": r"latest|\d{8}(\.\d+)?", "nightly": r"latest|\d{4}-\d{2}-\d{2}", "master": r"latest"}
 LOOSE_FILES = ("runsc", "containerd-shim-runsc-v1")
 RUNSC, SHIM, HELPERS = "runsc", "containerd-shim-runsc-v1", "gvisor-bin"
 

@@ -46,6 +46,9 @@ options:
   release:
     description: The release to install (C(version), C(arch), C(layout), C(url), C(artifacts) file name to sha512); none keeps the installed one.
     type: dict
+  record:
+    description: The installed release under another name (its files unchanged), to write into C(release.json).
+    type: dict
   sources:
     description: File name to the path of each downloaded release file on the node.
     type: dict
@@ -247,11 +250,10 @@ class Change:
         containerd, journal, back = self.p["containerd"], "", False
         if "containerd" in self.restarted:
             journal = proof.last_log_lines(self.run)
-            self.run(["systemctl", "restart", "containerd"])
+            proof.restart(self.run, "containerd")
             back = proof.wait(self.run, ["ctr", "--address", containerd["socket"], "version"])[0] == 0
         if "docker" in self.restarted:
-            self.run(["systemctl", "reset-failed", "docker"])
-            self.run(["systemctl", "restart", "docker"])
+            proof.restart(self.run, "docker")
         now, config = holding(self.p["bin_dir"], self.p["state_dir"]), containerd.get("config_path", "config.toml")
         if not self.restarted:
             what = "installed" if self.p["release"] else "configured" if self.p["state"] == "present" else "removed"
@@ -282,7 +284,12 @@ class Change:
                 self.fail(f"gVisor {self.p['release']['version']} was not installed: {why}. The node is unchanged: it keeps "
                           f"{holding(self.p['bin_dir'], self.p['state_dir'])} and its configuration, and containerd was not "
                           "restarted.")
-        self.result["changed"] = bool(self.p["release"] or self.p["files"] or self.p["containerd"].get("restart"))
+        self.result["changed"] = bool(self.p["release"] or self.p["record"] or self.p["files"]
+                                      or self.p["containerd"].get("restart"))
+        if self.p["record"] and not self.module.check_mode:
+            record = read_record(self.p["state_dir"])
+            write(os.path.join(self.p["state_dir"], RECORD), json.dumps({**record, "release": self.p["record"]}, indent=2,
+                                                                        sort_keys=True).encode() + b"\n", 0o600)
         if not self.module.check_mode and (self.result["changed"] or self.p["smoke"]):
             self.apply(staged)
         self.result.setdefault("runsc_version", read_record(self.p["state_dir"]).get("runsc_version", ""))
@@ -312,8 +319,7 @@ class Change:
             return
         restarts = self.tx.put_back()
         for service in restarts:
-            self.run(["systemctl", "reset-failed", service])
-            self.run(["systemctl", "restart", service])
+            proof.restart(self.run, service)
         self.result["msg"] = (f"A change was stopped half way before it was proven: what it had replaced was put back"
                               f"{' and ' + ' and '.join(restarts) + ' restarted' if restarts else ''}; the node has "
                               f"{holding(self.p['bin_dir'], self.p['state_dir'])}.")
@@ -327,6 +333,7 @@ def main():
             "state_dir": {"type": "path", "required": True},
             "staging_dir": {"type": "path"},
             "release": {"type": "dict"},
+            "record": {"type": "dict"},
             "sources": {"type": "dict", "default": {}},
             "compatibility": {"type": "dict", "default": {}},
             "platforms": {"type": "list", "elements": "str", "default": []},

@@ -74,21 +74,28 @@ class Inputs(dict):
 
 def input_problems(inputs):
     """Every input problem argument_specs cannot catch, each naming the variable and what would be valid."""
-    problems, version = [], str(inputs["version"])
+    problems, version, channel = [], str(inputs["version"]), inputs["channel"]
+    forms = {"release": "'latest', a date such as '20240729' or a point release such as '20240729.0' (yyyymmdd is a "
+                        "placeholder)", "nightly": "'latest' or a day such as '2026-10-12'", "master": "'latest'"}
     if version.startswith("release-"):
         problems.append(f"containerd_gvisor_version '{version}' is a git tag; the release bucket names releases "
                         f"without the prefix: use '{version[8:]}'.")
-    elif not re.fullmatch(r"latest|\d{8}(\.\d+)?", version):
-        problems.append(f"containerd_gvisor_version '{version}' is not a release name: use 'latest', a date such as "
-                        "'20240729' or a point release such as '20240729.0' (yyyymmdd is a placeholder).")
-    url = str(inputs["mirror_url"])
-    if not re.match(r"https?://[^/]+", url):
-        problems.append(f"containerd_gvisor_mirror_url '{url}' must be an http:// or https:// URL, e.g. "
-                        "https://storage.googleapis.com/gvisor/releases.")
-    elif re.match(r"https?://[^/@]*@", url):
-        problems.append("containerd_gvisor_mirror_url holds credentials (user:password@): they would show in logs and "
-                        "records; set containerd_gvisor_url_username and containerd_gvisor_url_password instead "
-                        "(the password is never shown).")
+    elif not re.fullmatch(upstream.CHANNELS[channel], version):
+        problems.append(f"containerd_gvisor_version '{version}' is not a release name of the {channel} channel "
+                        f"(containerd_gvisor_channel): use {forms[channel]}.")
+    elif inputs["release_source"] == "github" and (channel != "release" or version != "latest"
+                                                    and version[:8] < upstream.GITHUB_SINCE):
+        problems.append(f"gVisor's GitHub releases carry the release channel from {upstream.GITHUB_SINCE}.0 on: for "
+                        f"{channel} {version}, set containerd_gvisor_release_source: bucket.")
+    for name, example in (("mirror_url", "https://storage.googleapis.com/gvisor/releases"),
+                          ("github_url", "https://github.com/google/gvisor/releases")):
+        url = str(inputs[name])
+        if not re.match(r"https?://[^/]+", url):
+            problems.append(f"{PREFIX}{name} '{url}' must be an http:// or https:// URL, e.g. {example}.")
+        elif re.match(r"https?://[^/@]*@", url):
+            problems.append(f"{PREFIX}{name} holds credentials (user:password@): they would show in logs and records; "
+                            "set containerd_gvisor_url_username and containerd_gvisor_url_password instead (the password "
+                            "is never shown).")
     for name, value in inputs["checksums"].items():
         if not isinstance(value, str) or not SHA512.fullmatch(value):
             problems.append(f"containerd_gvisor_checksums.{name} must be a sha512 checksum (128 hex digits), got "
@@ -181,50 +188,77 @@ def check(inputs, node=None):
 
 def release_source(inputs, node, arch):
     """Where the release lives, and its files' sha512 when they are known without asking the mirror: from the
-    install record (whose files on disk were verified) for a dated release already installed, or pinned."""
-    version = str(inputs["version"])
-    url = f"{str(inputs['mirror_url']).rstrip('/')}/release/{version}/{arch}"
+    install record (whose files on disk were verified) for a dated release already installed, or pinned.
+
+    The release bucket serves each channel as <mirror>/<channel>/<version>/<arch>/, every file with a .sha512
+    beside it; GitHub serves a release's assets under <github>/download/release-<version>/ (<github>/latest/download/
+    for the newest), gvisor-<arch>.tar.bz2 among them, with one SHA512SUMS for all.
+    """
+    version, channel = str(inputs["version"]), inputs["channel"]
     pins = {name: digest.lower() for name, digest in inputs["checksums"].items()}
     record = node["record"].get("release", {}) if not node["record_problem"] else {}
-    source = {"version": version, "arch": arch, "url": url, "layout": "", "artifacts": {}}
-    if (version != "latest" and record.get("version") == version and record.get("arch") == arch
-            and pins.items() <= record.get("artifacts", {}).items()):
+    if inputs["release_source"] == "github":
+        base = str(inputs["github_url"]).rstrip("/")
+        path = "latest/download" if version == "latest" else f"download/release-{version if '.' in version else version + '.0'}"
+        source = {"url": f"{base}/{path}", "path": path, "sums": f"{base}/{path}/SHA512SUMS",
+                  "archive": upstream.GITHUB_ARCHIVE.format(arch=arch), "loose": False}
+    else:
+        path = f"{channel}/{version}/{arch}"
+        url = f"{str(inputs['mirror_url']).rstrip('/')}/{path}"
+        source = {"url": url, "path": path, "sums": f"{url}/{upstream.ARCHIVE}.sha512", "archive": upstream.ARCHIVE,
+                  "loose": True}
+    source.update(version=version, channel=channel, arch=arch, layout="", artifacts={})
+    if (version != "latest" and record.get("version") == version and record.get("channel", "release") == channel
+            and record.get("arch") == arch and pins.items() <= record.get("artifacts", {}).items()):
         source.update(layout=record["layout"], artifacts=record["artifacts"])
-    elif upstream.ARCHIVE in pins:
-        source.update(layout="archive", artifacts={upstream.ARCHIVE: pins[upstream.ARCHIVE]})
-    elif set(upstream.LOOSE_FILES) <= set(pins):
+    elif source["archive"] in pins:
+        source.update(layout="archive", artifacts={source["archive"]: pins[source["archive"]]})
+    elif source["loose"] and set(upstream.LOOSE_FILES) <= set(pins):
         source.update(layout="loose", artifacts={name: pins[name] for name in upstream.LOOSE_FILES})
     return source
 
 
+def sha512_line(text, name):
+    """The sha512 of name in a sha512sum file (a bare checksum counts for the file it is named after), or None."""
+    for line in text.splitlines():
+        found = re.fullmatch(r"\s*([0-9a-fA-F]{128})(?:\s+\*?(?:\S*/)?(\S+))?\s*", line)
+        if found and found.group(2) in (None, name):
+            return found.group(1).lower()
+    return None
+
+
 def with_checksums(source, answers):
-    """The source with the sha512 of its files from the mirror's answers (uri results of <file>.sha512)."""
+    """The source with the sha512 of its files from the mirror's answers: the archive's checksum file (on GitHub,
+    SHA512SUMS), and for a bucket release without an archive the loose files' ones."""
     if source["artifacts"]:
         return source
-    mine = {answer["item"] if isinstance(answer["item"], str) else tuple(answer["item"]): answer for answer in answers
-            if (answer["item"] if isinstance(answer["item"], str) else answer["item"][0]) == source["url"]}
-    archive = mine.get(source["url"], {})
-    loose = [mine.get((source["url"], name), {}) for name in upstream.LOOSE_FILES]
-    failed = [answer for answer in [archive] + loose if answer and answer.get("status") not in (200, 404)]
+    mine = {}
+    for answer in answers:
+        item = answer.get("item") or {}
+        release, name = (item, None) if isinstance(item, dict) else (item[0], item[1])
+        if release.get("url") == source["url"]:
+            mine[name] = answer
+    loose = [mine.get(name, {}) for name in upstream.LOOSE_FILES] if source["loose"] else []
+    failed = [answer for answer in [mine.get(None, {})] + loose if answer and answer.get("status") not in (200, 404)]
     if failed:
         raise Refusal(failed[0].get("msg") or f"GET {failed[0].get('url')} failed")
-    if archive.get("status") == 200:
-        sums = {upstream.ARCHIVE: archive}
-    elif all(answer.get("status") == 200 for answer in loose):
+    if mine.get(None, {}).get("status") == 200:
+        sums = {source["archive"]: mine[None]}
+    elif loose and all(answer.get("status") == 200 for answer in loose):
         sums = dict(zip(upstream.LOOSE_FILES, loose))
     else:
-        tried = [f"{source['url']}/{name}.sha512" for name in (upstream.ARCHIVE, *upstream.LOOSE_FILES)]
+        tried = [source["sums"]] + [f"{source['url']}/{name}.sha512" for name in upstream.LOOSE_FILES if source["loose"]]
+        where = "containerd_gvisor_github_url" if not source["loose"] else "containerd_gvisor_mirror_url"
         raise Refusal(f"gVisor release '{source['version']}' for {source['arch']} was not found: tried "
-                      f"{' and '.join(tried)} (HTTP 404). Check containerd_gvisor_version and containerd_gvisor_mirror_url.")
+                      f"{' and '.join(tried)} (HTTP 404). Check containerd_gvisor_version and {where}.")
     artifacts = {}
     for name, answer in sums.items():
         content = answer.get("content", "")
-        line = re.fullmatch(rf"\s*([0-9a-fA-F]{{128}})(\s+\*?(\S*/)?{re.escape(name)})?\s*", content)
-        if not line:
+        artifacts[name] = sha512_line(content, name)
+        if not artifacts[name]:
             shown = content if len(content) <= 80 else content[:77] + "..."
             raise Refusal(f"{answer['url']} is not a sha512sum line for {name}: got '{shown}'.")
-        artifacts[name] = line.group(1).lower()
-    return {**source, "layout": "archive" if upstream.ARCHIVE in artifacts else "loose", "artifacts": artifacts}
+    return {**source, "layout": "archive" if source["archive"] in artifacts else "loose", "artifacts": artifacts}
 
 
 def runsc_toml(handler, flags, binary_name):
@@ -305,12 +339,23 @@ def plan(variables, node=None, answers=None):
     return {**result, "ask": False, "warnings": warnings}
 
 
+def checksum_source(inputs, release, name):
+    """Where a file's checksum comes from, for messages."""
+    if name.lower() in {pinned.lower() for pinned in inputs["checksums"]}:
+        return "containerd_gvisor_checksums"
+    return release["sums"] if name == release["archive"] else f"{release['url']}/{name}.sha512"
+
+
 def mirror(inputs, release):
-    """playbooks/mirror.yml: the release's files, each into the mirror directory where the bucket has it."""
-    directory = f"{str(inputs['mirror_dir']).rstrip('/')}/release/{release['version']}/{release['arch']}"
-    return {"changed": False, "release": release, "mirror_dir": directory,
+    """playbooks/mirror.yml: the release's files, each into the mirror directory where its source has it, and
+    their checksum files (a .sha512 beside each in the bucket's layout, SHA512SUMS in GitHub's)."""
+    directory = f"{str(inputs['mirror_dir']).rstrip('/')}/{release['path']}"
+    lines = {name: f"{digest}  {name}\n" for name, digest in release["artifacts"].items()}
+    sums = ([{"dest": f"{directory}/{name}.sha512", "content": line} for name, line in lines.items()] if release["loose"]
+            else [{"dest": f"{directory}/SHA512SUMS", "content": "".join(lines.values())}])
+    return {"changed": False, "release": release, "mirror_dir": directory, "checksum_files": sums,
             "downloads": [{"name": name, "url": f"{release['url']}/{name}", "checksum": f"sha512:{digest}",
-                           "checksum_source": f"{release['url']}/{name}.sha512", "dest": f"{directory}/{name}"}
+                           "checksum_source": checksum_source(inputs, release, name), "dest": f"{directory}/{name}"}
                           for name, digest in release["artifacts"].items()]}
 
 
@@ -330,6 +375,9 @@ def config_changes(inputs, node, wanted, remove):
 def present(inputs, node, release):
     installed = node["record"].get("release", {}) if not node["record_problem"] else {}
     install = installed.get("arch") != release["arch"] or installed.get("artifacts") != release["artifacts"]
+    # The same files under another name (latest, then its date; another channel or source): only the record changes,
+    # so that the next run knows the release by the name it is asked for.
+    renamed = not install and any(installed.get(key) != release[key] for key in ("version", "channel", "url"))
     bin_dir = str(inputs["bin_dir"]).rstrip("/") or "/"
     in_path = bin_dir in upstream.CONTAINERD_PATH
     runsc = f"{bin_dir}/{upstream.RUNSC}"
@@ -365,15 +413,14 @@ def present(inputs, node, release):
     # containerd reads its configuration only at start: after a change, or a change an earlier run made behind its back.
     restart = (inputs.flag("restart_containerd") and running.get("containerd", False)
                and (bool(configs) or node["config_newer"]))
-    change = install or bool(files) or restart
+    change = install or renamed or bool(files) or restart
     smoke_test = inputs["smoke_test"] == "always" or inputs["smoke_test"] == "changed" and change
     docker_restart = docker and running.get("docker", False) and any(f["path"] == inputs["docker_daemon_json"] for f in files)
     staging = f"{str(inputs['staging_dir']).rstrip('/')}/run-{secrets.token_hex(8)}"
     controller = inputs["download_mode"] == "controller"
     cache = os.path.expanduser(str(inputs["download_cache_dir"]))
-    pins = {name.lower() for name in inputs["checksums"]}
     downloads = [{"name": name, "url": f"{release['url']}/{name}", "checksum": f"sha512:{digest}",
-                  "checksum_source": "containerd_gvisor_checksums" if name.lower() in pins else f"{release['url']}/{name}.sha512",
+                  "checksum_source": checksum_source(inputs, release, name),
                   "dest": f"{cache}/{digest}/{name}" if controller else f"{staging}/{name}"}
                  for name, digest in release["artifacts"].items()] if install else []
     previous = node["record"].get("release", {})
@@ -386,7 +433,7 @@ def present(inputs, node, release):
         "handlers": [handler["name"] for handler in handlers],
         "module_args": {
             "state": "present", "bin_dir": bin_dir, "state_dir": inputs["state_dir"], "staging_dir": staging,
-            "release": release if install else None,
+            "release": release if install else None, "record": release if renamed else None,
             "compatibility": {"containerd": node["containerd"]["version"], "ignore": inputs.flag("ignore_compatibility")},
             "platforms": sorted({flags_platform(a) for a in args.values()}),
             "files": files, "smoke": smoke if smoke_test else [], "timeout": int(inputs["smoke_test_timeout"]),

@@ -46,13 +46,22 @@ def node(config=KUBEADM, containerd="1.7.24", files=None, record=None, **overrid
 
 def installed(version="20240729", layout="loose", artifacts=None, runsc="runsc version 0.0~20240729.0"):
     """A node that recorded and verified a release."""
-    record = {"release": {"version": version, "arch": "x86_64", "layout": layout, "url": f"http://m/release/{version}/x86_64",
+    url = f"https://storage.googleapis.com/gvisor/releases/release/{version}/x86_64"
+    record = {"release": {"version": version, "channel": "release", "arch": "x86_64", "layout": layout, "url": url,
                           "artifacts": artifacts or {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}}}
     return {"record": record, "record_problem": "", "runsc_version": runsc}
 
 
 def answer(url, status, content="", item=None):
-    return {"item": item or url.rsplit("/", 1)[0], "url": url, "status": status, "content": content}
+    """A uri result as the checksum tasks register it: its item is the release (or [release, file name])."""
+    release = {"url": url.rsplit("/", 1)[0]}
+    return {"item": item or release, "url": url, "status": status, "content": content}
+
+
+def bucket_source(version, base):
+    """A release in the bucket whose checksums are not known yet, as the first plan reports it."""
+    return {"version": version, "arch": "x86_64", "url": base, "sums": f"{base}/gvisor.tar.bz2.sha512",
+            "archive": "gvisor.tar.bz2", "loose": True, "layout": "", "artifacts": {}}
 
 
 def archive_answers(base="https://storage.googleapis.com/gvisor/releases/release/latest/x86_64"):
@@ -142,21 +151,23 @@ def test_a_dated_release_the_node_has_needs_no_request_and_latest_always_asks():
 
 
 def test_pinned_checksums_need_no_request():
-    release = plan.plan(inputs(checksums={"gvisor.tar.bz2": "A" * 128}), node())["release"]
-    assert release == {"version": "latest", "arch": "x86_64", "layout": "archive",
-                       "url": "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64",
-                       "artifacts": {"gvisor.tar.bz2": "a" * 128}}
+    result = plan.plan(inputs(checksums={"gvisor.tar.bz2": "A" * 128}), node())
+    assert not result["ask"]
+    assert {key: result["release"][key] for key in ("version", "arch", "layout", "url", "artifacts")} == {
+        "version": "latest", "arch": "x86_64", "layout": "archive",
+        "url": "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64", "artifacts": {"gvisor.tar.bz2": "a" * 128}}
 
 
 def test_checksums_of_the_archive_or_of_the_loose_files():
     base = "http://m/release/20240729/x86_64"
-    source = {"version": "20240729", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    source = bucket_source("20240729", base)
     archive = plan.with_checksums(source, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, f"{ARCHIVE_SUM.upper()} *./gvisor.tar.bz2")])
     assert archive["layout"] == "archive" and archive["artifacts"] == {"gvisor.tar.bz2": ARCHIVE_SUM}
     loose = plan.with_checksums(source, [
         answer(f"{base}/gvisor.tar.bz2.sha512", 404),
-        answer(f"{base}/runsc.sha512", 200, RUNSC_SUM, item=[base, "runsc"]),
-        answer(f"{base}/containerd-shim-runsc-v1.sha512", 200, f"{SHIM_SUM}  containerd-shim-runsc-v1", item=[base, "containerd-shim-runsc-v1"])])
+        answer(f"{base}/runsc.sha512", 200, RUNSC_SUM, item=[{"url": base}, "runsc"]),
+        answer(f"{base}/containerd-shim-runsc-v1.sha512", 200, f"{SHIM_SUM}  containerd-shim-runsc-v1",
+               item=[{"url": base}, "containerd-shim-runsc-v1"])])
     assert loose["layout"] == "loose" and loose["artifacts"] == {"runsc": RUNSC_SUM, "containerd-shim-runsc-v1": SHIM_SUM}
     # Answers for another release of the batch are not this one's.
     assert refusal(plan.with_checksums, source, archive_answers()).startswith("gVisor release '20240729' for x86_64 was not found")
@@ -164,9 +175,9 @@ def test_checksums_of_the_archive_or_of_the_loose_files():
 
 def test_a_release_the_mirror_does_not_have_names_every_url_tried():
     base = "http://m/release/20991231/x86_64"
-    source = {"version": "20991231", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    source = bucket_source("20991231", base)
     message = refusal(plan.with_checksums, source, [answer(f"{base}/gvisor.tar.bz2.sha512", 404)] + [
-        answer(f"{base}/{name}.sha512", 404, item=[base, name]) for name in ("runsc", "containerd-shim-runsc-v1")])
+        answer(f"{base}/{name}.sha512", 404, item=[{"url": base}, name]) for name in ("runsc", "containerd-shim-runsc-v1")])
     assert message == (f"gVisor release '20991231' for x86_64 was not found: tried {base}/gvisor.tar.bz2.sha512 and "
                        f"{base}/runsc.sha512 and {base}/containerd-shim-runsc-v1.sha512 (HTTP 404). Check "
                        "containerd_gvisor_version and containerd_gvisor_mirror_url.")
@@ -174,7 +185,7 @@ def test_a_release_the_mirror_does_not_have_names_every_url_tried():
 
 def test_a_failed_request_or_a_checksum_file_that_is_not_one_stops_the_run():
     base = "http://m/release/latest/x86_64"
-    source = {"version": "latest", "arch": "x86_64", "url": base, "layout": "", "artifacts": {}}
+    source = bucket_source("latest", base)
     failed = {**answer(f"{base}/gvisor.tar.bz2.sha512", -1), "msg": "GET ... failed: HTTP 500 (gave up after 3 tries)"}
     assert refusal(plan.with_checksums, source, [failed]) == failed["msg"]
     html = answer(f"{base}/gvisor.tar.bz2.sha512", 200, "<html>" + "x" * 100)
@@ -330,3 +341,71 @@ def test_playbooks_mirror_plans_each_file_into_the_buckets_layout():
     result = plan.plan(variables, None, [answer(f"{base}/gvisor.tar.bz2.sha512", 200, ARCHIVE_SUM)])
     assert result["mirror_dir"] == "/srv/gvisor/release/20240729/aarch64"
     assert [d["dest"] for d in result["downloads"]] == ["/srv/gvisor/release/20240729/aarch64/gvisor.tar.bz2"]
+
+
+# --- channels and sources ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, url, sums", [
+    ({}, "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64",
+     "https://storage.googleapis.com/gvisor/releases/release/latest/x86_64/gvisor.tar.bz2.sha512"),
+    ({"channel": "nightly", "version": "2026-10-12"}, "https://storage.googleapis.com/gvisor/releases/nightly/2026-10-12/x86_64",
+     "https://storage.googleapis.com/gvisor/releases/nightly/2026-10-12/x86_64/gvisor.tar.bz2.sha512"),
+    ({"channel": "master"}, "https://storage.googleapis.com/gvisor/releases/master/latest/x86_64",
+     "https://storage.googleapis.com/gvisor/releases/master/latest/x86_64/gvisor.tar.bz2.sha512"),
+    ({"release_source": "github", "version": "20260831"}, "https://github.com/google/gvisor/releases/download/release-20260831.0",
+     "https://github.com/google/gvisor/releases/download/release-20260831.0/SHA512SUMS"),
+    ({"release_source": "github"}, "https://github.com/google/gvisor/releases/latest/download",
+     "https://github.com/google/gvisor/releases/latest/download/SHA512SUMS"),
+], ids=["release", "nightly", "master", "github-dated", "github-latest"])
+def test_each_channel_and_source_is_asked_where_it_lives(overrides, url, sums):
+    first = plan.plan(inputs(**overrides), node())
+    assert first["ask"] and (first["release"]["url"], first["release"]["sums"]) == (url, sums)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"channel": "nightly", "version": "20261012"}, "is not a release name of the nightly channel (containerd_gvisor_channel): "
+                                                    "use 'latest' or a day such as '2026-10-12'"),
+    ({"channel": "master", "version": "20261012"}, "of the master channel (containerd_gvisor_channel): use 'latest'"),
+    ({"release_source": "github", "version": "20240729"}, "gVisor's GitHub releases carry the release channel from 20260817.0"),
+    ({"release_source": "github", "channel": "nightly"}, "set containerd_gvisor_release_source: bucket"),
+    ({"github_url": "ftp://example/gvisor"}, "containerd_gvisor_github_url 'ftp://example/gvisor' must be an http"),
+])
+def test_a_version_the_channel_or_source_does_not_have_is_refused(overrides, message):
+    assert message in refusal(plan.plan, inputs(**overrides), node())
+
+
+def test_a_github_release_is_its_archive_checked_against_sha512sums():
+    variables = inputs(release_source="github", version="20260831.0")
+    base = "https://github.com/google/gvisor/releases/download/release-20260831.0"
+    release = plan.plan(variables, node())["release"]
+    sums = f"{'d' * 128}  gvisor-aarch64.tar.bz2\n{ARCHIVE_SUM}  gvisor-x86_64.tar.bz2\n"
+    result = plan.plan(variables, node(), [{**answer(f"{base}/SHA512SUMS", 200, sums), "item": release}])
+    assert result["release"]["artifacts"] == {"gvisor-x86_64.tar.bz2": ARCHIVE_SUM}
+    [download] = result["downloads"]
+    assert download["url"] == f"{base}/gvisor-x86_64.tar.bz2" and download["checksum_source"] == f"{base}/SHA512SUMS"
+    # A SHA512SUMS without this architecture's archive is not a checksum for it.
+    other = f"{'d' * 128}  gvisor-aarch64.tar.bz2\n"
+    assert "is not a sha512sum line for gvisor-x86_64.tar.bz2" in refusal(
+        plan.plan, variables, node(), [{**answer(f"{base}/SHA512SUMS", 200, other), "item": release}])
+    assert "Check containerd_gvisor_version and containerd_gvisor_github_url" in refusal(
+        plan.plan, variables, node(), [{**answer(f"{base}/SHA512SUMS", 404), "item": release}])
+
+
+def test_the_mirror_playbook_lays_a_github_release_out_as_github_does():
+    variables = inputs(mirror_dir="/srv/gvisor", release_source="github", version="20260831", arch="x86_64")
+    release = plan.plan(variables)["release"]
+    base = "https://github.com/google/gvisor/releases/download/release-20260831.0"
+    result = plan.plan(variables, None, [{**answer(f"{base}/SHA512SUMS", 200, f"{ARCHIVE_SUM}  gvisor-x86_64.tar.bz2"),
+                                          "item": release}])
+    assert result["checksum_files"] == [{"dest": "/srv/gvisor/download/release-20260831.0/SHA512SUMS",
+                                         "content": f"{ARCHIVE_SUM}  gvisor-x86_64.tar.bz2\n"}]
+    assert [d["dest"] for d in result["downloads"]] == ["/srv/gvisor/download/release-20260831.0/gvisor-x86_64.tar.bz2"]
+
+
+def test_the_same_files_asked_for_by_another_name_only_update_the_record():
+    state = node(**installed(version="latest", layout="archive", artifacts={"gvisor.tar.bz2": ARCHIVE_SUM}))
+    base = "https://storage.googleapis.com/gvisor/releases/release/20261005/x86_64"
+    result = run(inputs(version="20261005"), state, archive_answers(base))
+    assert not result["install"] and result["change"] and result["downloads"] == []
+    assert result["module_args"]["record"]["version"] == "20261005"
