@@ -368,7 +368,10 @@ def main():
             remove(params["staging_dir"])
             if os.path.isdir(os.path.dirname(params["staging_dir"])) and not os.listdir(os.path.dirname(params["staging_dir"])):
                 os.rmdir(os.path.dirname(params["staging_dir"]))
-        if created and os.path.isdir(params["state_dir"]) and set(os.listdir(params["state_dir"])) <= {RECORD + ".lock"}:
+        # A state directory that holds nothing but the lock (a change that did not happen, or one put back that was
+        # the first) goes.
+        if ((created or params["state"] == "recovered") and os.path.isdir(params["state_dir"])
+                and set(os.listdir(params["state_dir"])) <= {RECORD + ".lock"}):
             shutil.rmtree(params["state_dir"])
     module.exit_json(**change.result)
 

@@ -336,7 +336,7 @@ def plan(variables, node=None, answers=None):
                   else absent(inputs, node))
     except ConfigError as err:
         raise Refusal(str(err)) from None
-    return {**result, "ask": False, "warnings": warnings}
+    return {**result, "ask": False, "warnings": warnings + result.pop("warnings", [])}
 
 
 def checksum_source(inputs, release, name):
@@ -407,8 +407,12 @@ def present(inputs, node, release):
         path = inputs["docker_daemon_json"]
         wanted[path] = docker_daemon_json(text_of(node["files"].get(path), path), path, inputs["docker_runtime"], runsc,
                                           args[handlers[0]["name"]])
-    configs = config_changes(inputs, node, tables, removed)
+    configure = inputs.flag("configure_containerd")
+    configs = config_changes(inputs, node, tables, removed) if configure else []
     files = configs + file_changes(wanted, node["files"])
+    # With containerd's configuration left to another tool, say what it must carry when containerd lacks it.
+    effective = uses_runtimes(node["config"].get("dump"))
+    missing = [] if configure else [name for name, table in tables.items() if not containerd_config.holds(effective.get(name), table)]
     running = node["services"]
     # containerd reads its configuration only at start: after a change, or a change an earlier run made behind its back.
     restart = (inputs.flag("restart_containerd") and running.get("containerd", False)
@@ -426,8 +430,13 @@ def present(inputs, node, release):
     previous = node["record"].get("release", {})
     held = f"gVisor {previous['version']} ({previous['layout']})" if previous else "no gVisor"
     ctr = smoke_test and inputs.flag("smoke_test_ctr") and bool(node["commands"]["ctr"])
+    warnings = [f"containerd does not run the gVisor handlers {', '.join(missing)} as this role would register them, and "
+                "containerd_gvisor_configure_containerd is false: give the tool that writes its configuration this entry, "
+                "for kubespray in containerd_additional_runtimes:\n" + kubespray_runtimes(
+                    {name: tables[name] for name in missing})] if missing else []
     return {
         "changed": False, "release": release, "install": install, "change": change, "downloads": downloads,
+        "warnings": warnings,
         "unchanged": f"The node is unchanged: it keeps {held} in {bin_dir} and its configuration, and containerd was not restarted.",
         "controller_download": controller, "runsc_version": node["runsc_version"].split("\n")[0].replace("runsc version ", ""),
         "handlers": [handler["name"] for handler in handlers],
@@ -438,12 +447,31 @@ def present(inputs, node, release):
             "platforms": sorted({flags_platform(a) for a in args.values()}),
             "files": files, "smoke": smoke if smoke_test else [], "timeout": int(inputs["smoke_test_timeout"]),
             "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"], "socket": inputs["containerd_socket"],
-                           "handlers": {name: upstream.RUNTIME_TYPE for name in tables} | {name: "" for name in removed},
+                           "handlers": {name: upstream.RUNTIME_TYPE for name in tables} | {name: "" for name in removed}
+                           if configure else {},
                            "ctr_smoke": [ctr_smoke(inputs, h) for h in handlers] if ctr else []},
             "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": True,
                        "smoke": docker_smoke(inputs) if docker and smoke_test and running.get("docker", False) else []},
         },
     }
+
+
+def uses_runtimes(dump):
+    """{handler: table} of the CRI runtimes in containerd's effective configuration."""
+    try:
+        data = containerd_config.parse(dump or "", "containerd config dump")
+        return containerd_config.dig(data, upstream.RUNTIMES_TABLE[containerd_config.config_version(data, "dump")]) or {}
+    except ConfigError:
+        return {}
+
+
+def kubespray_runtimes(tables):
+    """The entries of kubespray's containerd_additional_runtimes that register these handlers, as YAML."""
+    lines = []
+    for name, table in tables.items():
+        lines += [f"  - name: {name}", f"    type: {table['runtime_type']}", '    engine: ""', '    root: ""', "    options:"]
+        lines += [f"      {key}: {value}" for key, value in table["options"].items()]
+    return "\n".join(lines)
 
 
 def flags_platform(args):

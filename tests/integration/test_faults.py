@@ -214,7 +214,7 @@ BAD_INPUTS = {
                                                          {"name": "gvisor-kvm", "runsc_config_path": RUNSC_TOML}]},
                           f"Handlers gvisor and gvisor-kvm share the runsc.toml {RUNSC_TOML}"),
     "platform": ({"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": RUNSC_TOML, "platform": "x"}]},
-                 "containerd_gvisor_handlers[0].platform"),
+                 "value of platform must be one of: auto, systrap, kvm, ptrace, got: x found in containerd_gvisor_handlers"),
 }
 
 

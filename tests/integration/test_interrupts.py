@@ -34,6 +34,8 @@ def node(mirror, tmp_path_factory):
     node.vars.update({
         "containerd_gvisor_runtime": True, "containerd_gvisor_mirror_url": mirror.url, "containerd_gvisor_arch": ARCH,
         "containerd_gvisor_download_cache_dir": str(tmp_path_factory.mktemp("cache")), "containerd_gvisor_download_delay": 1,
+        # docker exec already runs as root, and sudo would drop CONTAINERD_GVISOR_TEST_HOOK from the environment.
+        "ansible_become": False,
     })
     yield node
     if not os.environ.get("CONTAINERD_GVISOR_KEEP_NODE"):

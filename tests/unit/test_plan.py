@@ -409,3 +409,19 @@ def test_the_same_files_asked_for_by_another_name_only_update_the_record():
     result = run(inputs(version="20261005"), state, archive_answers(base))
     assert not result["install"] and result["change"] and result["downloads"] == []
     assert result["module_args"]["record"]["version"] == "20261005"
+
+
+def test_with_containerds_configuration_left_to_kubespray_nothing_of_it_changes_and_the_entry_is_said():
+    result = run(inputs(configure_containerd=False))
+    paths = [f["path"] for f in result["module_args"]["files"]]
+    assert "/etc/containerd/config.toml" not in paths and "/etc/containerd/runsc.toml" in paths
+    assert result["module_args"]["containerd"]["handlers"] == {} and not result["module_args"]["containerd"]["restart"]
+    [warning] = result["warnings"]
+    entry = yaml.safe_load(warning.split("containerd_additional_runtimes:\n", 1)[1])
+    assert entry == [{"name": "gvisor", "type": "io.containerd.runsc.v1", "engine": "", "root": "",
+                      "options": {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}}]
+    # Once kubespray's template carries it, nothing is said.
+    with_entry = KUBEADM + ('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor]\n  runtime_type = "io.containerd.runsc.v1"\n'
+                            '  runtime_engine = ""\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor.options]\n'
+                            '  TypeUrl = "io.containerd.runsc.v1.options"\n  ConfigPath = "/etc/containerd/runsc.toml"\n')
+    assert run(inputs(configure_containerd=False), node(config=with_entry))["warnings"] == []
