@@ -185,12 +185,18 @@ class Transaction:
                 shutil.copy2(source, os.path.join(self.dir, name), follow_symlinks=False)
         self.mark("kept", id=f"{time.time():.0f}-{os.getpid()}", binaries=binaries, files=entries, restarts=restarts)
 
+    def created(self, path):
+        """Note a file this change makes besides those it replaces (a backup): put back, the change removes it."""
+        self.mark(self.journal()["phase"], created=self.journal().get("created", []) + [path])
+
     def put_back(self):
         """Restore what this change kept aside and drop the copy; returns the services to restart."""
         journal = self.journal()
         if not journal or journal["phase"] == "keeping":
             remove(self.dir)  # killed while copying: nothing had been replaced yet
             return []
+        for path in journal.get("created", []):
+            remove(path)
         for index, entry in enumerate(journal["files"]):
             if not entry["exists"]:
                 remove(entry["path"])

@@ -8,15 +8,17 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: mirror_get
-short_description: Fetch from a release mirror with ansible.builtin.get_url or uri, retrying with a doubling wait
+short_description: Fetch from a release mirror with Ansible's own HTTP code, retrying with a doubling wait
 description:
-  - Runs M(ansible.builtin.get_url) when O(dest) is given, else M(ansible.builtin.uri), with every other
-    option passed on unchanged (TLS, certificates, credentials, headers, proxies, checksums).
-  - Tries again what may be transient (no answer, a refused or reset connection, HTTP 408, 429 and 5xx,
-    a body cut off before its length, a download that outlasts C(timeout)), waiting O(delay) seconds before the
-    second try and twice as long before each further one, at most 60 s. A failure that is not transient ends it at once.
-  - A file's whole download is bounded by C(timeout) (M(ansible.builtin.get_url)'s own bounds each read only): it runs
-    under Ansible's async wrapper, which stops it then.
+  - Without O(dest) asks with M(ansible.builtin.uri). With O(dest) (or O(files)) downloads a file, checked against its
+    O(checksum) before it is kept. On the control node the action does that itself with Ansible's
+    C(ansible.module_utils.urls.open_url), which M(ansible.builtin.get_url) uses too; on a node it runs
+    M(ansible.builtin.get_url) under Ansible's async wrapper. Either way the whole download of a file is bounded by
+    C(timeout), where M(ansible.builtin.get_url) bounds each read only.
+  - Every other option (TLS, certificates, credentials, headers, proxies) is Ansible's own.
+  - Tries again what may be transient (no answer, a refused or reset connection, HTTP 408, 429 and 5xx, a body cut off
+    before its length, a download that outlasts C(timeout)), waiting O(delay) seconds before the second try and twice as
+    long before each further one, at most 60 s. A failure that is not transient ends it at once.
 author: containerd-gvisor maintainers (@gvisor-nodes)
 options:
   url:

@@ -157,7 +157,7 @@ def read_text(path):
         return ""
 
 
-def write_files(files):
+def write_files(files, tx):
     for entry in files:
         path = target(entry["path"])
         if entry.get("content") is None:
@@ -165,7 +165,9 @@ def write_files(files):
             continue
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if entry.get("backup") and os.path.isfile(path):
-            shutil.copy2(path, f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~")
+            backup = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
+            tx.created(backup)  # a change put back takes its backup with it
+            shutil.copy2(path, backup)
         write(path, entry["content"].encode("utf-8"), int(str(entry.get("mode") or "0644"), 8))
 
 
@@ -229,7 +231,7 @@ class Change:
                           "installed_stat": {path: stat_key(os.path.join(self.p["bin_dir"], path)) for path in installed}}
                 write(os.path.join(self.p["state_dir"], RECORD), json.dumps(record, indent=2, sort_keys=True).encode() + b"\n", 0o600)
                 test_hook("installed")
-            write_files(self.p["files"])
+            write_files(self.p["files"], self.tx)
             test_hook("written")
             self.prove(containerd, docker)
             self.tx.mark("proven")

@@ -179,7 +179,8 @@ def test_a_sandbox_that_does_not_start_puts_release_and_files_back_and_says_what
     config = node["etc"] / "config.toml"
     config.write_text("old\n")
     before = snapshot(node["bin"], node["state"], node["etc"])
-    files = [{"path": str(config), "content": "new\n"}, {"path": str(node["etc"] / "runsc.toml"), "content": "x\n"}]
+    # (Its backup too goes with a change that is put back.)
+    files = [{"path": str(config), "content": "new\n", "backup": True}, {"path": str(node["etc"] / "runsc.toml"), "content": "x\n"}]
     argv = [str(node["bin"] / "runsc"), "--overlay2=bogus", "--fail", "do", "dmesg"]
     rc, result = call(node, download_archive(node), files=files, smoke=[{"name": "gvisor", "argv": argv}])
 
