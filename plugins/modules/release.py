@@ -360,7 +360,7 @@ def main():
             if params["state"] != "recovered" and change.tx.journal():
                 change.fail("Another run's change of gVisor on this node was stopped half way after this run read "
                             "the node; run again: it finishes or undoes that change first.")
-            if params["staging_dir"] and params["state"] != "recovered":
+            if params["staging_dir"]:
                 clean_leftovers(params["bin_dir"], os.path.dirname(params["staging_dir"]), params["staging_dir"])
             getattr(change, params["state"])()
     except OSError as err:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -26,6 +25,9 @@ NODE = "interrupts-trixie"
 HOOK = "/run/containerd-gvisor-test-hook"
 INITIAL_CONFIG = (REPO / "tests" / "fixtures" / "containerd" / "bookworm-v2.toml").read_bytes()
 NEW, OLD = "20261005", "20240729"  # the archive layout, and the loose one
+TWO_HANDLERS = {"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": "/etc/containerd/runsc.toml"},
+                                               {"name": "gvisor-ptrace", "platform": "ptrace",
+                                                "runsc_config_path": "/etc/containerd/runsc-ptrace.toml"}]}
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +128,12 @@ def wait_for(predicate, seconds=120):
 
 
 @pytest.mark.parametrize("scenario, start, step", [("first-install", None, "written"), ("upgrade", OLD, "restarted")])
-def test_a_change_left_unfinished_with_the_control_node_killed_is_undone_by_the_next_run(node, fault_case, scenario, start,
-                                                                                          step):
+def test_a_change_left_unfinished_with_the_control_node_killed_is_undone_by_the_next_run(
+        node, fault_case, scenario, start, step):
     before = start_from(node, start)
     node.write(HOOK, f"{step} pause".encode())
-    proc = node.start_play(containerd_gvisor_version=NEW)
+    # The upgrade also adds a handler, so that containerd's configuration changes and containerd restarts.
+    proc = node.start_play(containerd_gvisor_version=NEW, **(TWO_HANDLERS if step == "restarted" else {}))
     # The module stops itself after the step: kill the control node, then the module.
     stopped = "grep -l 'State:.*(stopped)' /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3"
     wait_for(lambda: node.sh(stopped, check=False).strip())
