@@ -27,6 +27,12 @@ in batches; each batch is a play of its own, timed by the callback from its star
 --only-rollout measures only these (no peer needed) and merges them into the existing docs/bench.json,
 whose peer and fleet rows it keeps, then writes docs/bench.md and docs/bench.png again from it all.
 
+Metrics (--metrics-reps, 0 skips them): on one node with release 20261005 (the test mirror's, whose
+gvisor-bin/runsc-metric-server is the mirror's stand-in metric server; bookworm's containerd 1.6 only gets
+a warning with containerd_gvisor_ignore_compatibility), the no-change converge with containerd_gvisor_metrics
+off and on, alternating which goes first; each recorded run follows the (unrecorded) run that turned the
+setting on or off.
+
 Every run also records, from bench/callback_plugins/bench_timer.py, each task's wall time and
 how many tasks reached the node (not skipped, not run on the control node): the round trips.
 Writes docs/bench.md, docs/bench.json and docs/bench.png. A benchmark, not a test: it asserts nothing.
@@ -62,7 +68,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gvisor_mirror import MirrorServer  # noqa: E402
 from gvisor_node import ANSIBLE_PLAYBOOK, remove_node, start_node  # noqa: E402
-from gvisor_testinfra import SHIM, mirror_dir, release_dir  # noqa: E402
+from gvisor_testinfra import SHIM, free_port, mirror_dir, release_dir  # noqa: E402
 
 IMAGE = "containerd-gvisor-node:bookworm"
 # What this role's runs use: a copy of the collection taken when the bench starts (so edits made in the
@@ -449,6 +455,63 @@ def compare(peer, pairs, release, warmup, workdir):
     finally:
         server.stop()
     return rows, {side: sorted(v) for side, v in versions.items()}
+
+
+# --- metrics on and off ---------------------------------------------------------------------------
+
+METRICS_RELEASE = "20261005"  # a release with a metric server on the test mirror
+
+
+def metrics_pairs(reps, workdir):
+    """The no-change converge with gVisor's metric server off and on, on one node, in alternating order."""
+    server = MirrorServer(mirror_dir(), workdir / "access-metrics.log")
+    name, rows = "bench-metrics", []
+    start_nodes([name])
+    try:
+        base = role_vars(METRICS_RELEASE, server, workdir / "cache-metrics", containerd_gvisor_ignore_compatibility=True,
+                         containerd_gvisor_metrics_address=f"127.0.0.1:{free_port()}")
+        converge(role_playbook(), [name], workdir, "metrics-first", base)
+        for rep in range(1, reps + 1):
+            for on in (False, True) if rep % 2 else (True, False):
+                variables = {**base, "containerd_gvisor_metrics": on}
+                converge(role_playbook(), [name], workdir, f"metrics-{rep}-{on}-change", variables)
+                result = converge(role_playbook(), [name], workdir, f"metrics-{rep}-{on}", variables)
+                rows.append({"rep": rep, "metrics": on, **result})
+                log(f"metrics {'on ' if on else 'off'}  no change  {result['wall_s']:6.2f} s  changed {result['changed']}")
+    finally:
+        remove_node(name)
+        server.stop()
+    return rows
+
+
+def metrics_summary(rows):
+    """Medians with metrics off and on, their ratio, and the noise: the spread of the off runs over their median."""
+    off = [r["wall_s"] for r in rows if not r["metrics"]]
+    on = [r["wall_s"] for r in rows if r["metrics"]]
+    noise = (max(off) - min(off)) / med(off)
+    ratio = med(on) / med(off)
+    return {"off": off, "on": on, "ratio_of_medians": round(ratio, 3), "noise": round(noise, 3),
+            "met": ratio <= 1 + noise, "changed": sum(r["changed"] for r in rows)}
+
+
+def metrics_report(data):
+    s = data["metrics"]["summary"]
+    return [
+        "## gVisor's metric server on and off",
+        "",
+        f"On one node, release `{METRICS_RELEASE}` (the test mirror's stand-in metric server), "
+        f"{len(s['off'])} no-change converges with `containerd_gvisor_metrics` off and as many on, in alternating order, "
+        "each right after the run that turned the setting off or on. Target: on no slower than off, within noise "
+        "(the spread of the off runs over their median).",
+        "",
+        "| no change | metrics off (s) | metrics on (s) | on / off, ratio of medians | noise | target met |",
+        "|---|---|---|---:|---:|---|",
+        f"| whole run | {spread(s['off'], 2)} | {spread(s['on'], 2)} | **{s['ratio_of_medians']:.2f}x** | "
+        f"{s['noise']:.2f} | {'yes' if s['met'] else 'no'} |",
+        "",
+        f"Tasks that changed something in the recorded runs: {s['changed']}.",
+        "",
+    ]
 
 
 # --- the fleet -----------------------------------------------------------------------------------
@@ -1072,6 +1135,7 @@ def write_report(data):
             ("this role against image-builder's gVisor tasks", data.get("pairs")),
             ("converge cost by fleet size", data.get("fleet")),
             ("rolling rollouts", (data.get("rollout") or {}).get("rows")),
+            ("gVisor's metric server on and off", (data.get("metrics") or {}).get("rows")),
         )
         if present
     ]
@@ -1083,6 +1147,8 @@ def write_report(data):
         text += ["Generated by `bench/bench.py`; do not edit by hand.", ""]
     if (data.get("rollout") or {}).get("rows"):
         text += rollout_report(data)
+    if (data.get("metrics") or {}).get("rows"):
+        text += metrics_report(data)
     text += [f"![{title}](bench.png)", ""]
     (DOCS / "bench.md").write_text("\n".join(text))
 
@@ -1098,6 +1164,8 @@ def option_parser():
         "--release", default="20240729", help="dated gVisor release with loose files on the mirror (default 20240729)"
     )
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="no unrecorded warm-up pair")
+    parser.add_argument("--metrics-reps", type=int, default=5,
+                        help="no-change converges with metrics off and on, each (default 5, 0: none)")
     parser.add_argument("--fleet-sizes", default="1,4", help="fleet sizes for this role alone (default 1,4)")
     parser.add_argument("--fleet-modes", default="controller,node")
     parser.add_argument("--fleet-reps", type=int, default=1, help="repetitions of each fleet size (default 1)")
@@ -1197,7 +1265,7 @@ def main():
     CURRENT["image"] = image_id(IMAGE) or IMAGE
     common["role_files_sha256"] = fingerprint(CURRENT["root"])
     common["image_id"] = CURRENT["image"]
-    pairs, summary, versions, fleet, rollout = [], {}, {}, [], []
+    pairs, summary, versions, fleet, rollout, metrics = [], {}, {}, [], [], []
     fleet_skipped, rollout_skipped = [], []
     try:
         # A one-node group's time (first converge, no change, start-up), guessed from the pairs when there are some.
@@ -1213,6 +1281,9 @@ def main():
                     f"(target ≤ {s['target']}x: {'met' if s['met'] else 'NOT met'})"
                 )
             one = med(summary["first"]["role"]) + 2 * med(summary["no change"]["role"]) + 5
+        if peer and args.metrics_reps > 0:
+            metrics = metrics_pairs(args.metrics_reps, workdir)
+            log(f"metrics: on / off {metrics_summary(metrics)['ratio_of_medians']:.2f}x")
         if peer and not args.no_fleet:
             # The first converge grows about half as fast as the fleet.
             for size in [int(s) for s in args.fleet_sizes.split(",") if s]:
@@ -1265,6 +1336,8 @@ def main():
         }
         if not args.no_rollout:
             data["rollout"] = rollout_section
+        if metrics:
+            data["metrics"] = {"summary": metrics_summary(metrics), "rows": metrics}
     DOCS.mkdir(exist_ok=True)
     (DOCS / "bench.json").write_text(json.dumps(data, indent=1) + "\n")
     plot(data, DOCS / "bench.png")

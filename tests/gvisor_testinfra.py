@@ -7,9 +7,13 @@ scenario's tests stay a short list of what a user checks after a run.
 import copy
 import hashlib
 import os
+import re
 import shlex
+import socket
 import tarfile
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,3 +170,29 @@ def assert_gvisor_banner(output):
 
 def shell(*argv):
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def free_port():
+    """A TCP port nobody on this machine listens on now (node containers share its network)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(address, wait=0):
+    """A gVisor metric server's /metrics, read from this machine; wait: seconds to let a server that is starting
+    begin to answer."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def sandbox_series(text, name, sandbox):
+    """The lines of series name (e.g. runsc_meta_sandbox_running) for one sandbox."""
+    return [line for line in text.splitlines() if re.match(rf'{name}\{{[^}}]*sandbox="{re.escape(sandbox)}"', line)]

@@ -76,6 +76,10 @@ BUGGY_CONTAINERD = (
             "(https://github.com/siderolabs/pkgs/pull/1264)."},
 )
 
+# The runsc root Docker gives a runtime registered by path: its sandboxes' state (gvisor.dev/docs/user_guide/observability;
+# Docker 26 passes --root=/var/run/docker/runtime-runc/moby whatever the runtime's name).
+DOCKER_RUNSC_ROOT = "/var/run/docker/runtime-runc/moby"
+
 # The kernel module of the kvm platform, by CPU vendor (aarch64 has KVM built in), and where the role
 # has it loaded at boot.
 KVM_MODULES = {"GenuineIntel": "kvm_intel", "AuthenticAMD": "kvm_amd"}

@@ -11,7 +11,7 @@ module: mirror_get
 short_description: Fetch from a release mirror with Ansible's own HTTP code, retrying with a doubling wait
 description:
   - Without O(dest) asks with M(ansible.builtin.uri). With O(dest) (or O(files)) downloads a file, checked against its
-    O(checksum) before it is kept. On the control node the action does that itself with Ansible's
+    C(checksum) before it is kept. On the control node the action does that itself with Ansible's
     C(ansible.module_utils.urls.open_url), which M(ansible.builtin.get_url) uses too; on a node it runs
     M(ansible.builtin.get_url) under Ansible's async wrapper. Either way the whole download of a file is bounded by
     C(timeout), where M(ansible.builtin.get_url) bounds each read only.

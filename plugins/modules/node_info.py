@@ -51,7 +51,12 @@ options:
     description: systemd services whose state to report.
     type: list
     elements: str
-    default: [containerd, docker]
+    default: [containerd, docker, containerd-gvisor-metrics.service, containerd-gvisor-metrics-docker.service]
+  metrics_addresses:
+    description: Addresses of gVisor's metric server (as runsc takes them) to report the holder of.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -99,7 +104,8 @@ services:
 files:
   description:
     - Path to C(exists) and, when it does, C(content) (base64), C(owner), C(group) and C(mode), for O(files), the runsc.toml
-      files of the recorded handlers, C(handlers.json) and the list of kernel modules the role has loaded at boot.
+      files of the recorded handlers, C(handlers.json), the list of kernel modules the role has loaded at boot and the
+      metric server units.
   returned: always
   type: dict
 record:
@@ -130,6 +136,12 @@ commands:
   description: C(ctr) and C(docker) to their path, empty when missing.
   returned: always
   type: dict
+metrics:
+  description:
+    - Each of O(metrics_addresses) to who listens there, empty when nobody does, C(ours) when one of the role's metric
+      server units.
+  returned: always
+  type: dict
 staging_noexec:
   description: The mount point holding O(staging_dir) when it is mounted noexec, else empty.
   returned: always
@@ -146,6 +158,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import metrics
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
     read_record,
     record_problem,
@@ -231,6 +244,9 @@ def noexec_mount(path):
     return best[0] if best[1] else ""
 
 
+UNITS = [metrics.unit_name(root_of) for root_of in ("containerd", "docker")]
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -240,7 +256,8 @@ def main():
             "staging_dir": {"type": "path"},
             "files": {"type": "list", "elements": "path", "default": []},
             "devices": {"type": "list", "elements": "path", "default": []},
-            "services": {"type": "list", "elements": "str", "default": ["containerd", "docker"]},
+            "services": {"type": "list", "elements": "str", "default": ["containerd", "docker", *UNITS]},
+            "metrics_addresses": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -262,6 +279,7 @@ def main():
         default = start(containerd, "config", "default") if containerd and not result["config"]["exists"] else None
         dump = start(containerd, "--config", params["config_path"], "config", "dump") if containerd and result["config"]["exists"] else None
         services = {name: start(systemctl, "is-active", "--quiet", name) for name in params["services"]} if systemctl else {}
+        pids = start(systemctl, "show", "--property", "MainPID", "--value", *UNITS) if systemctl and params["metrics_addresses"] else None
         runsc_version = start(runsc, "--version") if os.path.isfile(runsc) else None
         problem = pool.submit(record_problem, params["bin_dir"], result["record"])
         result["imports"] = {path: read_file(path) for path in imports_of(params["config_path"], {params["config_path"]})}
@@ -270,7 +288,8 @@ def main():
             result["handlers"] = json.loads(base64.b64decode(handlers["content"])) if handlers["exists"] else {}
         except ValueError:
             result["handlers"] = {}
-        paths = params["files"] + [KVM_MODULES_LOAD, record_path] + [p for p in result["handlers"].values() if isinstance(p, str)]
+        paths = (params["files"] + [KVM_MODULES_LOAD, record_path] + [f"{metrics.UNIT_DIR}/{unit}" for unit in UNITS]
+                 + [p for p in result["handlers"].values() if isinstance(p, str)])
         result["files"] = {path: read_file(path) for path in paths}
         result["devices"] = {path: os.path.exists(path) for path in ["/dev/kvm", *NVIDIA_DEVICES, *params["devices"]]}
         result["commands"] = {name: module.get_bin_path(name) or "" for name in ("ctr", "docker")}
@@ -286,6 +305,13 @@ def main():
         result["services"] = {name: job.result()[0] == 0 for name, job in services.items()}
         result["runsc_version"] = runsc_version.result()[1].split("\n")[0] if runsc_version else ""
         result["record_problem"] = problem.result()
+        ours = {int(pid) for pid in (pids.result()[1].split() if pids else []) if pid.isdigit() and pid != "0"}
+        result["metrics"] = {}
+        for address in params["metrics_addresses"]:
+            try:
+                result["metrics"][address] = metrics.holder(address, ours)
+            except metrics.AddressError:
+                result["metrics"][address] = ""  # the plan refuses it, naming the variable
     result["config_newer"] = (config_newer(module, systemctl, [params["config_path"], *result["imports"]])
                               if result["services"].get("containerd") else False)
     module.exit_json(**result)

@@ -93,6 +93,14 @@ options:
     description: C(restart), C(runtime) (Docker's name for it), C(present) (whether Docker must list it) and C(smoke) (an argv).
     type: dict
     default: {}
+  metrics:
+    description:
+      - gVisor's metric servers. C(start) (servers to enable and restart, each C(unit), C(root), C(address) and the
+        rest of its unit), C(stop) (units to stop and disable) and C(proofs) (C(server), C(name) and C(argv), runsc with a
+        handler's flags, for a sandbox the server must export).
+      - Before any change, the release must have a metric server when C(start) is not empty.
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
@@ -128,7 +136,7 @@ import shutil
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import proof
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import metrics, proof
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import (
     RECORD,
     locked,
@@ -157,12 +165,14 @@ def read_text(path):
         return ""
 
 
-def write_files(files, tx):
+def write_files(files, tx, bin_dir):
     for entry in files:
         path = target(entry["path"])
         if entry.get("content") is None:
             remove(path)
             continue
+        if entry.get("server"):  # a metric server's unit starts the helper the installed release has
+            entry["content"] = metrics.unit_text(entry["server"], os.path.isfile(os.path.join(bin_dir, metrics.HELPER)))
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if entry.get("backup") and os.path.isfile(path):
             backup = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
@@ -186,6 +196,10 @@ class Change:
         self.run = self.command
         self.tx = Transaction(self.p["bin_dir"], self.p["state_dir"])
         self.restarted = []  # services restarted on the new configuration
+        self.metrics = {"start": [], "stop": [], "proofs": [], **(self.p["metrics"] or {})}
+        self.started, self.stopped = [], []  # metric server units started on the new configuration, and stopped
+        self.units_before = {server["unit"]: os.path.exists(f"{metrics.UNIT_DIR}/{server['unit']}")
+                             for server in self.metrics["start"]}
         self.result = {"changed": False, "smoke": [], "restarted": self.restarted, "msg": ""}
 
     def fail(self, msg):
@@ -217,21 +231,36 @@ class Change:
         if docker.get("smoke"):
             self.result["smoke"].append(proof.sandbox(self.run, {"name": docker["runtime"], "argv": docker["smoke"]},
                                                       self.p["timeout"]))
+        for server in self.metrics["start"]:
+            self.started.append(server["unit"])
+            self.run(["systemctl", "enable", server["unit"]])
+            proof.restart(self.run, server["unit"])
+        servers = {server["unit"]: server for server in self.metrics["start"] + [p["server"] for p in self.metrics["proofs"]]}
+        for server in servers.values():
+            metrics.wait_until_answers(self.run, server)
+        for command in self.metrics["proofs"]:
+            self.result["smoke"].append(metrics.prove(command["server"], command, self.p["timeout"]))
 
     def apply(self, staged):
         containerd, docker = self.p["containerd"], self.p["docker"]
         restarts = [name for name, spec in (("containerd", containerd), ("docker", docker)) if spec.get("restart")]
+        restarts += [server["unit"] for server in self.metrics["start"]] + self.metrics["stop"]
         self.tx.begin(bool(staged) or self.p["state"] == "absent", [target(f["path"]) for f in self.p["files"]]
                       + self.p["remove"], restarts)
         test_hook("kept")
         try:
+            for unit in self.metrics["stop"]:  # while its unit file is there to disable
+                self.stopped.append(unit)
+                self.run(["systemctl", "disable", "--now", unit])
             if staged:
                 installed = install(self.p["bin_dir"], staged)
                 record = {"release": self.p["release"], "installed_files": installed, "runsc_version": self.result["runsc_version"],
                           "installed_stat": {path: stat_key(os.path.join(self.p["bin_dir"], path)) for path in installed}}
                 write(os.path.join(self.p["state_dir"], RECORD), json.dumps(record, indent=2, sort_keys=True).encode() + b"\n", 0o600)
                 test_hook("installed")
-            write_files(self.p["files"], self.tx)
+            write_files(self.p["files"], self.tx, self.p["bin_dir"])
+            if self.stopped or any(f["path"].startswith(metrics.UNIT_DIR + "/") for f in self.p["files"]):
+                self.run(["systemctl", "daemon-reload"])
             test_hook("written")
             self.prove(containerd, docker)
             self.tx.mark("proven")
@@ -248,7 +277,17 @@ class Change:
 
     def fail_back(self, why):
         """Put back what this change kept, restart what it restarted, and fail saying what the node has now."""
+        for unit in self.started:
+            if not self.units_before.get(unit):
+                self.run(["systemctl", "disable", "--now", unit])  # a new server goes, while its unit file is there
         self.tx.put_back()
+        if self.started or self.stopped:
+            self.run(["systemctl", "daemon-reload"])
+        for unit in self.started:
+            if self.units_before.get(unit):
+                proof.restart(self.run, unit)
+        for unit in self.stopped:
+            self.run(["systemctl", "enable", "--now", unit])
         containerd, journal, back = self.p["containerd"], "", False
         if "containerd" in self.restarted:
             journal = proof.last_log_lines(self.run)
@@ -257,21 +296,25 @@ class Change:
         if "docker" in self.restarted:
             proof.restart(self.run, "docker")
         now, config = holding(self.p["bin_dir"], self.p["state_dir"]), containerd.get("config_path", "config.toml")
-        if not self.restarted:
+        servers = (" gVisor's metric server runs on its previous unit again" if any(self.units_before.get(u) for u in self.started)
+                   else " The metric server this change added was stopped and removed" if self.started else "")
+        if not self.restarted and not why.startswith("gVisor's metric server"):
             what = "installed" if self.p["release"] else "configured" if self.p["state"] == "present" else "removed"
             name = (self.p["release"] or {}).get("version", "")
             msg = (f"gVisor {name + ' ' if name else ''}was not {what}: {why}. The node is back on its previous release and "
-                   f"configuration: it keeps {now} and its configuration, and containerd was not restarted.")
+                   f"configuration: it keeps {now} and its configuration, and containerd was not restarted."
+                   + (servers + "." if servers else ""))
         else:
             lead = ("A gVisor sandbox did not start" if why.startswith("a gVisor sandbox") else
+                    "gVisor's metric server did not work" if why.startswith("gVisor's metric server") else
                     f"containerd did not come up with the new {config}" if self.restarted == ["containerd"]
                     else "Docker did not take gVisor")
             msg = (f"{lead} ({why}). "
                    + (f"containerd's last log lines: [{journal}]. " if "containerd" in self.restarted else "")
-                   + f"The previous {config} was put back"
+                   + (f"The previous {config} was put back" if "containerd" in self.restarted else "The previous configuration was put back")
                    + (f" and containerd {'is running with it again' if back else 'did not start with it either: see journalctl -u containerd'}"
                       if "containerd" in self.restarted else "")
-                   + f". So were gVisor's previous files: the node has {now}.")
+                   + f". So were gVisor's previous files: the node has {now}." + (servers + "." if servers else ""))
         self.fail(msg)
 
     def present(self):
@@ -286,23 +329,34 @@ class Change:
                 self.fail(f"gVisor {self.p['release']['version']} was not installed: {why}. The node is unchanged: it keeps "
                           f"{holding(self.p['bin_dir'], self.p['state_dir'])} and its configuration, and containerd was not "
                           "restarted.")
+        if self.metrics["start"] and (staged or not self.p["release"]):
+            missing = metrics.missing_server(self.run, os.path.dirname(staged["runsc"]) if staged else self.p["bin_dir"])
+            if missing:
+                self.fail(f"gVisor's metric server (containerd_gvisor_metrics) cannot run: the release "
+                          f"{(self.p['release'] or {}).get('version') or 'installed'} has none: {missing}. Install a "
+                          "release that has one (the gVisor release bucket's and GitHub's builds do; Debian's runsc "
+                          "package does not), or turn containerd_gvisor_metrics off. The node is unchanged: it keeps "
+                          f"{holding(self.p['bin_dir'], self.p['state_dir'])} and its configuration, and containerd was "
+                          "not restarted.")
         self.result["changed"] = bool(self.p["release"] or self.p["record"] or self.p["files"]
-                                      or self.p["containerd"].get("restart"))
+                                      or self.p["containerd"].get("restart") or self.metrics["start"] or self.metrics["stop"])
         if self.p["record"] and not self.module.check_mode:
             record = read_record(self.p["state_dir"])
             write(os.path.join(self.p["state_dir"], RECORD), json.dumps({**record, "release": self.p["record"]}, indent=2,
                                                                         sort_keys=True).encode() + b"\n", 0o600)
-        if not self.module.check_mode and (self.result["changed"] or self.p["smoke"]):
+        if not self.module.check_mode and (self.result["changed"] or self.p["smoke"] or self.metrics["proofs"]):
             self.apply(staged)
         self.result.setdefault("runsc_version", read_record(self.p["state_dir"]).get("runsc_version", ""))
 
     def absent(self):
         installed = [os.path.join(self.p["bin_dir"], name) for name in NAMES] + self.p["remove"]
-        self.result["changed"] = bool(self.p["files"]) or any(os.path.lexists(path) for path in installed) or os.path.isdir(
+        self.result["changed"] = bool(self.p["files"] or self.metrics["stop"]) or any(os.path.lexists(path) for path in installed) or os.path.isdir(
             self.p["state_dir"])
         if self.module.check_mode or not self.result["changed"]:
             return
         self.apply(None)
+        if self.stopped:
+            self.run(["systemctl", "daemon-reload"])  # their unit files are gone
         for name in (RECORD + ".lock", "handlers.json", "staging"):
             remove(os.path.join(self.p["state_dir"], name))
         if os.path.isdir(self.p["state_dir"]) and not os.listdir(self.p["state_dir"]):
@@ -320,8 +374,14 @@ class Change:
             self.result["msg"] = "A change was stopped half way after it had been proven: it was kept."
             return
         restarts = self.tx.put_back()
+        units = [service for service in restarts if service.startswith(metrics.UNIT_PREFIX)]
+        if units:
+            self.run(["systemctl", "daemon-reload"])
         for service in restarts:
-            proof.restart(self.run, service)
+            if service in units and not os.path.exists(f"{metrics.UNIT_DIR}/{service}"):
+                metrics.remove_unit(self.run, service)  # a server the change added: its unit file is gone
+            else:
+                proof.restart(self.run, service)
         self.result["msg"] = (f"A change was stopped half way before it was proven: what it had replaced was put back"
                               f"{' and ' + ' and '.join(restarts) + ' restarted' if restarts else ''}; the node has "
                               f"{holding(self.p['bin_dir'], self.p['state_dir'])}.")
@@ -345,6 +405,7 @@ def main():
             "timeout": {"type": "int", "default": 60},
             "containerd": {"type": "dict", "default": {}},
             "docker": {"type": "dict", "default": {}},
+            "metrics": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )

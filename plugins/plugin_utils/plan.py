@@ -18,7 +18,7 @@ import secrets
 import sys
 
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import upstream
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils import metrics, upstream
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.plugin_utils import containerd_config
 from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.plugin_utils.containerd_config import ConfigError
 
@@ -63,7 +63,7 @@ class Inputs(dict):
         """Each handler with every key: the list, or the one built from the single-handler variables."""
         given = self["handlers"] or [{"name": self["runtime_handler"], "platform": self["platform"],
                                       "runsc_config": self["runsc_config"], "runsc_config_path": self["runsc_config_path"]}]
-        return [{"platform": "auto", "runsc_config": {}, "shim_config": {}, **handler} for handler in given]
+        return [{"platform": "auto", "runsc_config": {}, "shim_config": {}, "metrics": True, **handler} for handler in given]
 
     def where(self, index, key):
         """The variable a handler's key comes from, for messages."""
@@ -83,8 +83,8 @@ def input_problems(inputs):
     elif not re.fullmatch(upstream.CHANNELS[channel], version):
         problems.append(f"containerd_gvisor_version '{version}' is not a release name of the {channel} channel "
                         f"(containerd_gvisor_channel): use {forms[channel]}.")
-    elif inputs["release_source"] == "github" and (channel != "release" or version != "latest"
-                                                    and version[:8] < upstream.GITHUB_SINCE):
+    elif inputs["release_source"] == "github" and (
+            channel != "release" or version != "latest" and version[:8] < upstream.GITHUB_SINCE):
         problems.append(f"gVisor's GitHub releases carry the release channel from {upstream.GITHUB_SINCE}.0 on: for "
                         f"{channel} {version}, set containerd_gvisor_release_source: bucket.")
     for name, example in (("mirror_url", "https://storage.googleapis.com/gvisor/releases"),
@@ -126,6 +126,8 @@ def input_problems(inputs):
                      if not re.fullmatch(r"[a-z_]+", str(key))]
         if not str(handler["runsc_config_path"]).startswith("/"):
             problems.append(f"The runsc.toml path of handler '{handler['name']}' must be an absolute path.")
+    if inputs.flag("metrics") and inputs["state"] == "present":
+        problems += metrics_problems(inputs, handlers)
     names = [handler["name"] for handler in handlers]
     if len(set(names)) != len(names):
         problems.append(f"containerd_gvisor_handlers names a handler twice: {', '.join(names)}.")
@@ -155,11 +157,58 @@ def node_problems(inputs, node, arch):
     if any(boolean(h["runsc_config"].get("nvproxy", False), strict=False) for h in handlers) and missing:
         problems.append(f"A handler uses nvproxy (GPU), but {', '.join(missing)} are missing: install and load the NVIDIA "
                         "driver on the node first (nvidia-smi must work, and nvidia-modprobe -u -c=0 creates /dev/nvidia-uvm).")
+    for server in metrics_servers(inputs, ""):
+        held = node.get("metrics", {}).get(server["address"], "")
+        if held not in ("", "ours"):
+            problems.append(f"{PREFIX}{server['variable']} {server['address']} is already in use on this node, by {held}: "
+                            f"choose a free address for gVisor's metric server ({PREFIX}{server['variable']}), or stop "
+                            "what listens there.")
     if node.get("staging_noexec"):
         problems.append(f"containerd_gvisor_staging_dir {inputs['staging_dir']} is on a filesystem mounted noexec "
                         f"({node['staging_noexec']}): the role runs the downloaded runsc there to check it before "
                         "installing it. Set containerd_gvisor_staging_dir to a directory on another filesystem.")
     return problems
+
+
+def metrics_problems(inputs, handlers):
+    """What keeps the metric servers' addresses from working, and flags that would contradict them."""
+    problems, servers = [], metrics_servers(inputs, "")
+    for server in servers:
+        name, address = PREFIX + server["variable"], server["address"]
+        try:
+            exposed = not metrics.loopback(address)
+        except metrics.AddressError as err:
+            problems.append(f"{name} '{address}' is not an address gVisor's metric server listens on: {err} (e.g. "
+                            "127.0.0.1:1337, :1337 or /run/containerd-gvisor/metrics.sock).")
+            continue
+        if exposed and not inputs.flag("metrics_expose"):
+            problems.append(f"{name} '{address}' can be reached from other machines, and gVisor's metric server has no "
+                            "authentication: whoever reaches it can list every sandbox on the node, with its pod and "
+                            "namespace. Set containerd_gvisor_metrics_expose: true to serve it there anyway (and limit who "
+                            "can reach it), or listen on loopback (127.0.0.1:1337) or a unix socket path.")
+    if len(servers) == 2 and servers[0]["address"] == servers[1]["address"]:
+        problems.append("containerd_gvisor_metrics_docker_address must differ from containerd_gvisor_metrics_address: a "
+                        "metric server watches one runsc root, and Docker keeps its sandboxes in another one than "
+                        "containerd, so each has a server of its own.")
+    if not str(inputs["metrics_root"]).startswith("/"):
+        problems.append(f"containerd_gvisor_metrics_root '{inputs['metrics_root']}' must be an absolute path.")
+    for index, handler in enumerate(handlers):
+        if "metric-server" in handler["runsc_config"] and boolean(handler["metrics"], strict=False):
+            problems.append(f"{inputs.where(index, 'runsc_config')}.metric-server: with containerd_gvisor_metrics on, each "
+                            "handler's metric-server flag is containerd_gvisor_metrics_address (it must match the "
+                            "server's); remove it, or set the handler's metrics: false.")
+    return problems
+
+
+def metrics_servers(inputs, bin_dir):
+    """The metric servers asked for: containerd's, and Docker's when Docker is on; none with metrics off."""
+    if not inputs.flag("metrics") or inputs["state"] != "present":
+        return []
+    servers = [("containerd", inputs["metrics_root"], "metrics_address")]
+    servers += [("docker", upstream.DOCKER_RUNSC_ROOT, "metrics_docker_address")] if inputs.flag("docker") else []
+    return [{"root_of": root_of, "root": str(root), "address": str(inputs[variable]), "variable": variable,
+             "bin_dir": bin_dir, "after": f"{root_of}.service", "unit": metrics.unit_name(root_of)}
+            for root_of, root, variable in servers]
 
 
 def check(inputs, node=None):
@@ -384,9 +433,12 @@ def present(inputs, node, release):
     date = release_date(release["version"]) if install else release_date(node["runsc_version"].split("\n")[0])
     systemd = uses_systemd_cgroup(node["config"].get("dump"))
     handlers, wanted, tables, smoke, args = inputs.handlers(), {}, {}, [], {}
+    servers = metrics_servers(inputs, bin_dir)
     for handler in handlers:
         platform = upstream.default_platform(date) if handler["platform"] == "auto" else handler["platform"]
-        given = {"platform": platform, **({"systemd-cgroup": "true"} if systemd else {}), **handler["runsc_config"]}
+        reports = bool(servers) and boolean(handler["metrics"], strict=False)
+        given = {"platform": platform, **({"systemd-cgroup": "true"} if systemd else {}),
+                 **({"metric-server": servers[0]["address"]} if reports else {}), **handler["runsc_config"]}
         flags = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in given.items()}
         args[handler["name"]] = [f"--{key}={value}" for key, value in flags.items() if key != "systemd-cgroup"]
         wanted[handler["runsc_config_path"]] = runsc_toml(handler, flags, "" if in_path else runsc)
@@ -403,21 +455,38 @@ def present(inputs, node, release):
     record = {handler["name"]: handler["runsc_config_path"] for handler in handlers}
     wanted[f"{inputs['state_dir']}/handlers.json"] = json.dumps(record, indent=4, sort_keys=True) + "\n"
     docker = inputs.flag("docker")
+    # Docker's sandboxes report to Docker's own metric server (they live in another runsc root).
+    docker_args = [arg for arg in args[handlers[0]["name"]] if not arg.startswith("--metric-server=")]
+    docker_args += [f"--metric-server={server['address']}" for server in servers if server["root_of"] == "docker"]
     if docker:
         path = inputs["docker_daemon_json"]
         wanted[path] = docker_daemon_json(text_of(node["files"].get(path), path), path, inputs["docker_runtime"], runsc,
-                                          args[handlers[0]["name"]])
+                                          docker_args)
+    # The release's metric-server helper decides how the unit starts the server; the module looks again after installing.
+    helper = release["layout"] != "loose" if install else metrics.HELPER in node["record"].get("installed_files", {})
+    units = {f"{metrics.UNIT_DIR}/{metrics.unit_name(root_of)}": next((s for s in servers if s["root_of"] == root_of), None)
+             for root_of in ("containerd", "docker")}
+    wanted.update({path: metrics.unit_text(server, helper) if server else None for path, server in units.items()})
     configure = inputs.flag("configure_containerd")
     configs = config_changes(inputs, node, tables, removed) if configure else []
     files = configs + file_changes(wanted, node["files"])
+    written = {entry["path"] for entry in files}
+    files += [{"path": path, "content": wanted[path], "mode": "0644"} for path, server in units.items()
+              if server and install and path not in written]
+    for entry in files:
+        if units.get(entry["path"]):
+            entry["server"] = units[entry["path"]]
+    running = node["services"]
+    # A server starts (or restarts) with a new unit, a new release, or when it is not running.
+    start = [server for path, server in units.items() if server and (install or path in written or not running.get(server["unit"]))]
+    stop = metrics_units_to_stop(node, [path for path, server in units.items() if not server])
     # With containerd's configuration left to another tool, say what it must carry when containerd lacks it.
     effective = uses_runtimes(node["config"].get("dump"))
     missing = [] if configure else [name for name, table in tables.items() if not containerd_config.holds(effective.get(name), table)]
-    running = node["services"]
     # containerd reads its configuration only at start: after a change, or a change an earlier run made behind its back.
     restart = (inputs.flag("restart_containerd") and running.get("containerd", False)
                and (bool(configs) or node["config_newer"]))
-    change = install or renamed or bool(files) or restart
+    change = install or renamed or bool(files) or restart or bool(start) or bool(stop)
     smoke_test = inputs["smoke_test"] == "always" or inputs["smoke_test"] == "changed" and change
     docker_restart = docker and running.get("docker", False) and any(f["path"] == inputs["docker_daemon_json"] for f in files)
     staging = f"{str(inputs['staging_dir']).rstrip('/')}/run-{secrets.token_hex(8)}"
@@ -452,8 +521,29 @@ def present(inputs, node, release):
                            "ctr_smoke": [ctr_smoke(inputs, h) for h in handlers] if ctr else []},
             "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": True,
                        "smoke": docker_smoke(inputs) if docker and smoke_test and running.get("docker", False) else []},
+            "metrics": {"start": start, "stop": stop, "proofs": metrics_proofs(servers, handlers, args, runsc, docker_args)
+                        if smoke_test else []},
         },
     }
+
+
+def metrics_units_to_stop(node, paths):
+    """The metric server units (of these unit files) that run or are installed, to stop and disable."""
+    return [os.path.basename(path) for path in paths
+            if node["services"].get(os.path.basename(path)) or (node["files"].get(path) or {}).get("exists")]
+
+
+def metrics_proofs(servers, handlers, args, runsc, docker_args):
+    """A sandbox per handler that reports to containerd's server, and one with Docker's flags for Docker's: each started
+    in its server's root with the handler's flags (no network), to be found in the server's /metrics."""
+    proofs = []
+    for server in servers:
+        flags = ([(handler["name"], args[handler["name"]]) for handler in handlers if boolean(handler["metrics"], strict=False)]
+                 if server["root_of"] == "containerd" else [("docker", docker_args)])
+        for name, given in flags:
+            argv = [runsc, *[arg for arg in given if not arg.startswith("--network=")], "--network=none"]
+            proofs.append({"server": server, "name": name, "argv": argv})
+    return proofs
 
 
 def uses_runtimes(dump):
@@ -507,8 +597,9 @@ def absent(inputs, node):
             files.append({"path": path, "content": new, "mode": node["files"][path].get("mode", "0644")})
             docker_restart = node["services"].get("docker", False)
     remove = sorted(p for p, read in node["files"].items() if read.get("exists") and p not in (path, inputs["containerd_dropin_path"]))
+    stop = metrics_units_to_stop(node, [f"{metrics.UNIT_DIR}/{metrics.unit_name(root_of)}" for root_of in ("containerd", "docker")])
     return {
-        "changed": False, "install": False, "change": bool(files or remove or node["record"] or node["runsc_version"]),
+        "changed": False, "install": False, "change": bool(files or remove or stop or node["record"] or node["runsc_version"]),
         "downloads": [], "controller_download": False, "release": {}, "runsc_version": "", "handlers": names,
         "module_args": {
             "state": "absent", "bin_dir": str(inputs["bin_dir"]), "state_dir": inputs["state_dir"], "files": files,
@@ -516,5 +607,6 @@ def absent(inputs, node):
             "containerd": {"restart": restart, "config_path": inputs["containerd_config_path"],
                            "socket": inputs["containerd_socket"], "handlers": {name: "" for name in names}},
             "docker": {"restart": docker_restart, "runtime": inputs["docker_runtime"], "present": False},
+            "metrics": {"start": [], "stop": stop, "proofs": []},
         },
     }

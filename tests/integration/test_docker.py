@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
 from gvisor_node import ARCH, CHANGE_TASK, remove_node, start_node
-from gvisor_testinfra import assert_gvisor_banner
+from gvisor_testinfra import assert_gvisor_banner, free_port, sandbox_series, scrape
 
 IMAGE = "containerd-gvisor-node:trixie-docker"
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -98,6 +99,41 @@ def test_a_missing_daemon_json_is_created_and_a_stopped_docker_left_stopped(node
     finally:
         node.write(DAEMON_JSON, saved)
         node.sh("systemctl start docker.socket docker.service && until docker info >/dev/null 2>&1; do sleep 1; done")
+
+
+def test_docker_sandboxes_report_to_a_metric_server_of_their_own(node):
+    """Docker keeps its sandboxes in a runsc root of its own, so its runtime gets its own server's address."""
+    ours, dockers = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    metrics = {"containerd_gvisor_metrics": True, "containerd_gvisor_metrics_address": ours,
+               "containerd_gvisor_metrics_docker_address": dockers}
+    try:
+        play = node.play(**metrics)
+        assert play.ok, play
+        args = json.loads(node.read(DAEMON_JSON))["runtimes"]["runsc"]["runtimeArgs"]
+        assert args == ["--platform=systrap", "--network=none", f"--metric-server={dockers}"]
+        assert node.sh("systemctl is-active containerd-gvisor-metrics containerd-gvisor-metrics-docker").split() == [
+            "active", "active"]
+        # The role's proofs: a sandbox with the handler's flags for containerd's server, one with Docker's for Docker's.
+        assert [(run["name"], run["address"]) for run in play.result(CHANGE_TASK)["smoke"] if "sandbox" in run] == [
+            ("gvisor", ours), ("docker", dockers)]
+
+        # A real Docker container in gVisor, found by Docker's server.
+        container = node.sh("docker run -d --pull=never --runtime=runsc --network=none local/busybox /bin/busybox sleep 300").strip()
+        try:
+            deadline, found = time.monotonic() + 30, []
+            while not found and time.monotonic() < deadline:
+                found = sandbox_series(scrape(dockers), "runsc_meta_sandbox_running", container)
+                time.sleep(1)
+            assert found and found[0].endswith(" 1"), scrape(dockers)
+            assert not sandbox_series(scrape(ours), "runsc_meta_sandbox_running", container)
+        finally:
+            node.sh(f"docker rm -f {container}")
+        assert node.play(**metrics).changed == 0
+    finally:
+        play = node.play()  # metrics off again: both servers go, and Docker's flag
+        assert play.ok, play
+    assert node.read("/etc/systemd/system/containerd-gvisor-metrics-docker.service") is None
+    assert json.loads(node.read(DAEMON_JSON))["runtimes"]["runsc"]["runtimeArgs"] == ["--platform=systrap", "--network=none"]
 
 
 def test_removal_takes_only_the_runtime_out(node):

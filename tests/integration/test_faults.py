@@ -211,7 +211,7 @@ BAD_INPUTS = {
     "state": ({"containerd_gvisor_state": "removed"}, "containerd_gvisor_state"),
     "download-tries": ({"containerd_gvisor_download_retries": 0}, "must be positive"),
     "shared-runsc-toml": ({"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": RUNSC_TOML},
-                                                         {"name": "gvisor-kvm", "runsc_config_path": RUNSC_TOML}]},
+                                                          {"name": "gvisor-kvm", "runsc_config_path": RUNSC_TOML}]},
                           f"Handlers gvisor and gvisor-kvm share the runsc.toml {RUNSC_TOML}"),
     "platform": ({"containerd_gvisor_handlers": [{"name": "gvisor", "runsc_config_path": RUNSC_TOML, "platform": "x"}]},
                  "value of platform must be one of: auto, systrap, kvm, ptrace, got: x found in containerd_gvisor_handlers"),

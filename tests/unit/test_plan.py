@@ -425,3 +425,102 @@ def test_with_containerds_configuration_left_to_kubespray_nothing_of_it_changes_
                             '  runtime_engine = ""\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor.options]\n'
                             '  TypeUrl = "io.containerd.runsc.v1.options"\n  ConfigPath = "/etc/containerd/runsc.toml"\n')
     assert run(inputs(configure_containerd=False), node(config=with_entry))["warnings"] == []
+
+
+# --- gVisor's metric server -----------------------------------------------------------------------------------
+
+UNIT = "/etc/systemd/system/containerd-gvisor-metrics.service"
+DOCKER_UNIT = "/etc/systemd/system/containerd-gvisor-metrics-docker.service"
+
+
+def test_metrics_put_the_servers_flag_into_each_handlers_runsc_toml_and_start_its_unit():
+    result = run(inputs(metrics=True))
+    assert runsc_toml(result, "/etc/containerd/runsc.toml")["runsc_config"]["metric-server"] == "127.0.0.1:1337"
+    [unit] = [f for f in result["module_args"]["files"] if f["path"] == UNIT]
+    assert unit["server"]["root"] == "/run/containerd/runsc/k8s.io" and "gvisor-bin/runsc-metric-server" in unit["content"]
+    metrics_args = result["module_args"]["metrics"]
+    assert [server["unit"] for server in metrics_args["start"]] == ["containerd-gvisor-metrics.service"]
+    [proof] = metrics_args["proofs"]
+    assert proof["name"] == "gvisor" and proof["server"]["address"] == "127.0.0.1:1337"
+    assert proof["argv"] == ["/usr/local/bin/runsc", "--platform=systrap", "--metric-server=127.0.0.1:1337", "--network=none"]
+
+
+def test_a_handler_with_metrics_off_keeps_its_sandboxes_out():
+    handlers = [{"name": "gvisor", "runsc_config_path": "/etc/containerd/runsc.toml"},
+                {"name": "quiet", "runsc_config_path": "/etc/containerd/runsc-quiet.toml", "metrics": False}]
+    result = run(inputs(metrics=True, handlers=handlers))
+    assert "metric-server" not in runsc_toml(result, "/etc/containerd/runsc-quiet.toml")["runsc_config"]
+    assert [proof["name"] for proof in result["module_args"]["metrics"]["proofs"]] == ["gvisor"]
+
+
+def test_docker_sandboxes_get_a_server_of_their_own_and_dockers_runtime_its_address():
+    result = run(inputs(metrics=True, docker=True), node(services={"containerd": True, "docker": True}))
+    files = {f["path"]: f for f in result["module_args"]["files"]}
+    args = json.loads(files["/etc/docker/daemon.json"]["content"])["runtimes"]["runsc"]["runtimeArgs"]
+    assert args == ["--platform=systrap", "--metric-server=127.0.0.1:1338"]
+    assert files[DOCKER_UNIT]["server"]["root"] == "/var/run/docker/runtime-runc/moby"
+    assert [(p["name"], p["server"]["address"]) for p in result["module_args"]["metrics"]["proofs"]] == [
+        ("gvisor", "127.0.0.1:1337"), ("docker", "127.0.0.1:1338")]
+
+
+def converged_with_metrics(**overrides):
+    """A node on which a metrics run was carried out: its files written, its server running."""
+    first = run(inputs(version="20240729", metrics=True, **overrides), node(**installed()))
+    files = {f["path"]: read(f["content"]) for f in first["module_args"]["files"] if f["content"] is not None}
+    config = next(f["content"] for f in first["module_args"]["files"] if f["path"] == "/etc/containerd/config.toml")
+    services = {"containerd": True, "docker": False, "containerd-gvisor-metrics.service": True}
+    return node(config=config, files=files, services=services, metrics={"127.0.0.1:1337": "ours"}, **installed())
+
+
+def test_a_running_server_on_an_unchanged_node_is_left_alone():
+    again = run(inputs(version="20240729", metrics=True), converged_with_metrics())
+    assert not again["change"] and again["module_args"]["metrics"] == {"start": [], "stop": [], "proofs": []}
+
+
+def test_a_server_that_stopped_is_started_again():
+    state = converged_with_metrics()
+    state["services"]["containerd-gvisor-metrics.service"] = False
+    again = run(inputs(version="20240729", metrics=True), state)
+    assert again["change"] and [s["unit"] for s in again["module_args"]["metrics"]["start"]] == ["containerd-gvisor-metrics.service"]
+    assert again["module_args"]["files"] == []
+
+
+def test_metrics_turned_off_stop_the_server_and_remove_its_unit_and_flags():
+    off = run(inputs(version="20240729"), converged_with_metrics())
+    files = {f["path"]: f["content"] for f in off["module_args"]["files"]}
+    assert files[UNIT] is None and "metric-server" not in files["/etc/containerd/runsc.toml"]
+    assert off["module_args"]["metrics"]["stop"] == ["containerd-gvisor-metrics.service"]
+
+
+def test_removal_stops_the_server_before_its_unit_file_goes():
+    gone = plan.plan(inputs(state="absent"), converged_with_metrics())
+    assert gone["module_args"]["metrics"]["stop"] == ["containerd-gvisor-metrics.service"]
+    assert UNIT in gone["module_args"]["remove"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"metrics_address": "1337"}, "containerd_gvisor_metrics_address '1337' is not an address gVisor's metric server "
+                                  "listens on: use host:port, :port or an absolute unix socket path"),
+    ({"metrics_address": ":1337"}, "containerd_gvisor_metrics_address ':1337' can be reached from other machines, and "
+                                   "gVisor's metric server has no authentication"),
+    ({"metrics_address": "metrics.example.org:1337"}, "Set containerd_gvisor_metrics_expose: true to serve it there anyway"),
+    ({"docker": True, "metrics_docker_address": "127.0.0.1:1337"},
+     "containerd_gvisor_metrics_docker_address must differ from containerd_gvisor_metrics_address"),
+    ({"metrics_root": "run/runsc"}, "containerd_gvisor_metrics_root 'run/runsc' must be an absolute path"),
+    ({"runsc_config": {"metric-server": "127.0.0.1:9"}},
+     "containerd_gvisor_runsc_config.metric-server: with containerd_gvisor_metrics on, each handler's metric-server flag"),
+])
+def test_metrics_inputs_that_cannot_work_are_refused_naming_the_variable(overrides, message):
+    assert message in refusal(plan.plan, inputs(metrics=True, **overrides), node())
+
+
+def test_an_address_other_machines_reach_is_served_with_consent():
+    result = run(inputs(metrics=True, metrics_address="0.0.0.0:1337", metrics_expose=True))
+    assert result["module_args"]["metrics"]["start"][0]["address"] == "0.0.0.0:1337"
+
+
+def test_an_address_another_process_holds_is_refused_and_ours_is_not():
+    held = node(metrics={"127.0.0.1:1337": "pid 42 (nginx: master process)"})
+    assert ("containerd_gvisor_metrics_address 127.0.0.1:1337 is already in use on this node, by pid 42 (nginx: master "
+            "process): choose a free address") in refusal(plan.plan, inputs(metrics=True), held)
+    assert run(inputs(metrics=True), node(metrics={"127.0.0.1:1337": "ours"}))["change"]

@@ -16,6 +16,7 @@ case "$*" in
   *--version*) echo "runsc version @RELEASE@"; echo "spec: 1.1.0-rc.1" ;;
   *--fail*) echo "invalid value \\"bogus\\" for flag -overlay2" >&2; exit 2 ;;
   *--hang*) sleep 30 ;;
+  *metric-server*) echo "this build does not support the metric-server subcommand" >&2; exit 128 ;;
   *) echo "[    0.000000] Starting gVisor..."; echo "[    0.500000] Ready!" ;;
 esac
 """
@@ -266,3 +267,19 @@ def test_check_mode_changes_nothing(node):
     assert rc == 0 and result["changed"]
     assert snapshot(node["bin"], node["state"], node["downloads"]) == before
     assert not (node["etc"] / "x").exists()
+
+
+SERVER = {"root_of": "containerd", "root": "/run/containerd/runsc/k8s.io", "address": "127.0.0.1:1337",
+          "bin_dir": "/usr/local/bin", "after": "containerd.service", "unit": "containerd-gvisor-metrics.service"}
+
+
+def test_metrics_with_a_release_that_has_no_metric_server_are_refused_before_anything_changes(node):
+    before = snapshot(node["bin"], node["state"], node["etc"])
+    rc, result = call(node, release=download_loose(node), metrics={"start": [SERVER], "stop": [], "proofs": []},
+                      files=[{"path": str(node["etc"] / "runsc.toml"), "content": "x\n"}])
+    assert rc != 0 and result["failed"]
+    assert result["msg"].startswith("gVisor's metric server (containerd_gvisor_metrics) cannot run: the release 20240729 "
+                                    "has none: its runsc has no metric server")
+    assert "does not support the metric-server subcommand" in result["msg"] and "The node is unchanged" in result["msg"]
+    assert snapshot(node["bin"], node["state"], node["etc"]) == before
+
