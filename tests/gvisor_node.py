@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from gvisor_testinfra import REPO
@@ -165,6 +166,17 @@ class Node:
         """The install record (release.json), or None."""
         data = self.read(f"{STATE_DIR}/release.json")
         return json.loads(data) if data else None
+
+    def fresh_containerd(self, config):
+        """containerd restarted on this config.toml, with nothing of gVisor's on the node."""
+        self.sh(f"rm -rf /etc/containerd/conf.d {BIN_DIR}/runsc {BIN_DIR}/containerd-shim-runsc-v1 {BIN_DIR}/gvisor-bin "
+                f"{STATE_DIR} {RUNSC_TOML}")
+        self.write(CONFIG, config)
+        self.sh("systemctl restart containerd")
+
+    def effective_config(self):
+        """containerd's effective configuration (config dump, imports merged), parsed."""
+        return tomllib.loads(self.sh(f"containerd --config {CONFIG} config dump"))
 
     def containerd_active(self):
         return self.sh("systemctl is-active containerd", check=False).strip() == "active"

@@ -24,6 +24,7 @@ import urllib.error
 
 from ansible.module_utils.urls import open_url
 from ansible.plugins.action import ActionBase
+from ansible_collections.gvisor_nodes.containerd_gvisor.plugins.module_utils.release_record import sha512_of
 
 CERTIFICATE = re.compile(r"\[SSL: CERTIFICATE_VERIFY_FAILED\] ([^(>]*)")
 # The arguments open_url takes as they are.
@@ -73,7 +74,7 @@ def download_here(args, seconds):
     """Fetch args["url"] to args["dest"] on this machine, as get_url would (nothing to do when dest already has the
     checksum), but within `seconds` for the whole download."""
     dest, digest = os.path.expanduser(args["dest"]), args["checksum"].split(":", 1)[1].lower()
-    if os.path.isfile(dest) and sha512_file(dest) == digest:
+    if os.path.isfile(dest) and sha512_of(dest) == digest:
         return {"changed": False, "dest": dest, "url": args["url"]}
     deadline = time.monotonic() + seconds
     kept = {name: args[name] for name in URL_ARGS if args.get(name) is not None}
@@ -111,14 +112,6 @@ def download_here(args, seconds):
     finally:
         if os.path.exists(part):
             os.unlink(part)
-
-
-def sha512_file(path):
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ActionModule(ActionBase):

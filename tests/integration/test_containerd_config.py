@@ -61,28 +61,17 @@ def sid(mirror, tmp_path_factory):
         remove_node(node.name)
 
 
-def with_config(node, config):
-    """containerd restarted on this config.toml, nothing of gVisor's on the node."""
-    node.sh("rm -rf /etc/containerd/conf.d /usr/local/bin/runsc /var/lib/containerd-gvisor")
-    node.write(CONFIG, config)
-    node.sh("systemctl restart containerd")
-
-
-def effective(node):
-    return tomllib.loads(node.sh(f"containerd --config {CONFIG} config dump"))
-
-
 def assert_cri_loads_with_gvisor(node):
     cri = [line for line in node.sh("ctr plugins ls").splitlines() if " cri " in f" {line} "]
     assert cri and all(line.split()[-1] == "ok" for line in cri), cri
-    gvisor = handler_table(effective(node), "gvisor")
+    gvisor = handler_table(node.effective_config(), "gvisor")
     assert gvisor["runtime_type"] == RUNTIME_TYPE
     assert gvisor["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
 
 
 @pytest.mark.parametrize("config, version", [(DEBIAN_STOCK, 2), (SID_V3, 3)], ids=["debian-stock-v2", "platform-v3"])
 def test_the_handler_goes_into_a_drop_in_of_config_tomls_version_and_comes_out_again(sid, config, version):
-    with_config(sid, config)
+    sid.fresh_containerd(config)
     play = sid.play()
     assert play.ok, play
 
@@ -92,23 +81,23 @@ def test_the_handler_goes_into_a_drop_in_of_config_tomls_version_and_comes_out_a
     assert_cri_loads_with_gvisor(sid)
     # Everything config.toml says still holds in containerd's effective configuration.
     if version == 3:
-        runc = handler_table(effective(sid), "runc")
+        runc = handler_table(sid.effective_config(), "runc")
         assert runc["options"]["SystemdCgroup"] is False
-        assert effective(sid)["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
+        assert sid.effective_config()["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
     else:
-        assert effective(sid)["plugins"]["io.containerd.cri.v1.runtime"]["cni"]["bin_dirs"] == ["/usr/lib/cni"]
+        assert sid.effective_config()["plugins"]["io.containerd.cri.v1.runtime"]["cni"]["bin_dirs"] == ["/usr/lib/cni"]
 
     again = sid.play()
     assert again.ok and again.changed == 0, again
     removed = sid.play(containerd_gvisor_state="absent")
     assert removed.ok, removed
     assert sid.read(CONFIG) == config and sid.read(DROPIN) is None
-    assert handler_table(effective(sid), "gvisor") is None
+    assert handler_table(sid.effective_config(), "gvisor") is None
 
 
 def test_a_config_toml_that_imports_conf_d_is_left_byte_for_byte(sid):
     config = SID_V3.replace(b"version = 3\n", b"version = 3\nimports = ['/etc/containerd/conf.d/*.toml']\n")
-    with_config(sid, config)
+    sid.fresh_containerd(config)
     play = sid.play()
     assert play.ok, play
     assert sid.read(CONFIG) == config
@@ -116,20 +105,20 @@ def test_a_config_toml_that_imports_conf_d_is_left_byte_for_byte(sid):
 
 
 def test_image_builders_bare_gvisor_table_moves_into_the_drop_in(sid):
-    with_config(sid, IMAGE_BUILDER)
+    sid.fresh_containerd(IMAGE_BUILDER)
     play = sid.play()
     assert play.ok, play
     main = tomllib.loads(sid.read(CONFIG).decode())
     assert "gvisor" not in main["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
     assert main["imports"] == ["/etc/containerd/conf.d/*.toml"]  # already imports the drop-in
     assert_cri_loads_with_gvisor(sid)
-    assert handler_table(effective(sid), "runc")["options"]["SystemdCgroup"] is True
-    assert effective(sid)["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
+    assert handler_table(sid.effective_config(), "runc")["options"]["SystemdCgroup"] is True
+    assert sid.effective_config()["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
 
 
 def test_handlers_a_containerd_1x_install_wrote_into_config_toml_move_into_the_drop_in(sid):
     # The node was installed on containerd 1.x (the handlers between the markers), then containerd became 2.x.
-    with_config(sid, KUBEADM_V2)
+    sid.fresh_containerd(KUBEADM_V2)
     sid.write(CONFIG, CONFIG_OF_A_1X_INSTALL)
     sid.sh("systemctl restart containerd")
     play = sid.play()

@@ -25,7 +25,7 @@ import pytest
 
 from gvisor_mirror import MirrorServer, copy_mirror, make_test_ca
 from gvisor_node import ARCH, BIN_DIR, CONFIG, STATE_DIR, remove_node, start_node
-from gvisor_testinfra import ARCHIVE, REPO, SHIM, expected_files, runsc_version_line
+from gvisor_testinfra import ARCHIVE, REPO, SHIM, archive_files, expected_files, mirror_dir, runsc_version_line
 
 NODE = "private-mirror-trixie"
 IMAGE = "containerd-gvisor-node:trixie"
@@ -178,6 +178,36 @@ def test_node_mode_installs_with_the_ca_file_on_the_node(node, node_install):
     assert sorted(run.requests) == sorted([
         (f"{release}/{ARCHIVE}.sha512", 404), (f"{release}/runsc.sha512", 200), (f"{release}/{SHIM}.sha512", 200),
         (f"{release}/runsc", 200), (f"{release}/{SHIM}", 200)])
+
+
+# Every other channel and GitHub's releases through the same private mirror, in both download modes, in this order
+# (each installs another release than the one before, so each downloads): variables, download mode, and the archive
+# in the mirror the install comes from.
+CHANNELS = {
+    "nightly-controller": ({"containerd_gvisor_channel": "nightly", "containerd_gvisor_version": "2026-10-12"}, "controller",
+                           f"nightly/2026-10-12/{ARCH}/{ARCHIVE}"),
+    "github-node": ({"containerd_gvisor_release_source": "github", "containerd_gvisor_version": "20261005"}, "node",
+                    f"github/download/release-20261005.0/gvisor-{ARCH}.tar.bz2"),
+    "master-node": ({"containerd_gvisor_channel": "master"}, "node", f"master/latest/{ARCH}/{ARCHIVE}"),
+    "github-controller": ({"containerd_gvisor_release_source": "github", "containerd_gvisor_version": "20261005.0"},
+                          "controller",
+                          f"github/download/release-20261005.0/gvisor-{ARCH}.tar.bz2"),
+}
+
+
+@pytest.mark.parametrize("name", CHANNELS)
+def test_every_channel_and_source_installs_through_the_private_mirror(node, private_mirror, work, node_install, name):
+    variables, mode, archive = CHANNELS[name]
+    ca = str(private_mirror.ca_file) if mode == "controller" else NODE_CA
+    run = Run(node, private_mirror, work, f"channel-{name}", containerd_gvisor_download_mode=mode,
+              containerd_gvisor_ca_path=ca, containerd_gvisor_github_url=f"{private_mirror.url}/github",
+              containerd_gvisor_download_cache_dir=str(fresh_cache(work, name)), **variables, **credentials())
+    assert run.play.ok, run.play
+    files = {path[len(BIN_DIR) + 1:]: digest for path, digest in node.snapshot()["files"].items()
+             if path.startswith(BIN_DIR + "/") and digest != "directory"}
+    assert files == archive_files(mirror_dir() / archive)
+    # The archive came through the mirror, every request authenticated from the first (no 401) and answered.
+    assert (f"/{archive}", 200) in run.requests and all(status == 200 for _path, status in run.requests), run.requests
 
 
 # --- refusals --------------------------------------------------------------------------------------

@@ -58,22 +58,12 @@ def node(mirror, tmp_path_factory):
         remove_node(node.name)
 
 
-def with_config(node, config):
-    node.sh("rm -rf /usr/local/bin/runsc /usr/local/bin/containerd-shim-runsc-v1 /var/lib/containerd-gvisor /etc/containerd/runsc.toml")
-    node.write(CONFIG, config)
-    node.sh("systemctl restart containerd")
-
-
-def effective(node):
-    return tomllib.loads(node.sh(f"containerd --config {CONFIG} config dump"))
-
-
 def sandbox_starts(node):
     return "Starting gVisor" in node.sh(f"{BIN_DIR}/runsc --network=none do dmesg")
 
 
 def test_image_builders_custom_role_loop_installs_gvisor_beside_its_template(node, mirror, tmp_path):
-    with_config(node, IMAGE_BUILDER)
+    node.fresh_containerd(IMAGE_BUILDER)
     playbook = tmp_path / "node.yml"
     playbook.write_text(IMAGE_BUILDER_PLAY)
     # The Packer var file's strings: image-builder's own switch "false", this role's switch through ansible_user_vars.
@@ -89,7 +79,7 @@ def test_image_builders_custom_role_loop_installs_gvisor_beside_its_template(nod
     play = Play(node.name, proc.returncode, proc.stdout, proc.stderr)
     assert play.ok, play
 
-    gvisor = handler_table(effective(node), "gvisor")
+    gvisor = handler_table(node.effective_config(), "gvisor")
     assert gvisor["runtime_type"] == RUNTIME_TYPE and gvisor["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
     config = tomllib.loads(node.read(CONFIG).decode())
     runtimes = config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
@@ -100,18 +90,18 @@ def test_image_builders_custom_role_loop_installs_gvisor_beside_its_template(nod
 
 
 def test_kubespray_keeps_containerds_configuration_and_gvisor_survives_its_re_templating(node):
-    with_config(node, KUBESPRAY)
+    node.fresh_containerd(KUBESPRAY)
     play = node.play(containerd_gvisor_configure_containerd=False)
     assert play.ok, play
     assert node.read(CONFIG) == KUBESPRAY  # kubespray's, byte for byte
     assert play.result(CHANGE_TASK)["restarted"] == []
-    assert handler_table(effective(node), "gvisor")["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
+    assert handler_table(node.effective_config(), "gvisor")["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
     assert sandbox_starts(node)
 
     # kubespray runs again: the same template, containerd restarted.
     node.write(CONFIG, KUBESPRAY)
     node.sh("systemctl restart containerd")
-    assert handler_table(effective(node), "gvisor")["runtime_type"] == RUNTIME_TYPE
+    assert handler_table(node.effective_config(), "gvisor")["runtime_type"] == RUNTIME_TYPE
     assert sandbox_starts(node)
     again = node.play(containerd_gvisor_configure_containerd=False)
     assert again.ok and again.changed == 0, again
@@ -120,7 +110,7 @@ def test_kubespray_keeps_containerds_configuration_and_gvisor_survives_its_re_te
 def test_kubespray_without_the_entry_gets_told_what_to_add(node):
     without = KUBESPRAY.split(b'        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor]')[0] + \
         b'    [plugins."io.containerd.grpc.v1.cri".registry]\n      config_path = "/etc/containerd/certs.d"\n'
-    with_config(node, without)
+    node.fresh_containerd(without)
     play = node.play(containerd_gvisor_configure_containerd=False)
     assert play.ok, play
     warnings = json.dumps(play.data)

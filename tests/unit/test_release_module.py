@@ -282,4 +282,3 @@ def test_metrics_with_a_release_that_has_no_metric_server_are_refused_before_any
                                     "has none: its runsc has no metric server")
     assert "does not support the metric-server subcommand" in result["msg"] and "The node is unchanged" in result["msg"]
     assert snapshot(node["bin"], node["state"], node["etc"]) == before
-
