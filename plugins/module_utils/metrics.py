@@ -155,7 +155,7 @@ def holder(address, unit_pids):
         finally:
             probe.close()
         inode = tcp_inode(parsed[2])
-    pid = pid_of_socket(inode) if inode else 0
+    pid = pid_of_socket(inode, unit_pids) if inode else 0
     if pid and pid in unit_pids:
         return "ours"
     if not pid:
@@ -202,9 +202,10 @@ def unix_inode(path):
     return ""
 
 
-def pid_of_socket(inode):
+def pid_of_socket(inode, first=()):
+    """The process holding the socket: the given ones are looked at first (the units' own, usually it)."""
     wanted = f"socket:[{inode}]"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in [*map(str, first), *filter(str.isdigit, os.listdir("/proc"))]:
         try:
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") == wanted for fd in os.listdir(f"/proc/{pid}/fd")):
                 return int(pid)
