@@ -380,8 +380,10 @@ class Change:
         for service in restarts:
             if service in units and not os.path.exists(f"{metrics.UNIT_DIR}/{service}"):
                 metrics.remove_unit(self.run, service)  # a server the change added: its unit file is gone
-            else:
-                proof.restart(self.run, service)
+                continue
+            if service in units:
+                self.run(["systemctl", "enable", service])  # one the change had stopped and disabled
+            proof.restart(self.run, service)
         self.result["msg"] = (f"A change was stopped half way before it was proven: what it had replaced was put back"
                               f"{' and ' + ' and '.join(restarts) + ' restarted' if restarts else ''}; the node has "
                               f"{holding(self.p['bin_dir'], self.p['state_dir'])}.")

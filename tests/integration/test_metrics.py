@@ -28,6 +28,7 @@ NEW, DEBIAN = "20261005", "20240729"  # a release with a metric server, and Debi
 UNIT = "/etc/systemd/system/containerd-gvisor-metrics.service"
 ROOT = "/run/containerd/runsc/k8s.io"
 FAULT = "/run/containerd-gvisor-test-metric-server"
+HOOK = "/run/containerd-gvisor-test-hook"  # the release module's journal hook (module_utils/transaction.py)
 
 
 def main_pid(node, unit="containerd-gvisor-metrics"):
@@ -57,8 +58,10 @@ def delete_sandbox(node, sandbox):
 
 @pytest.fixture(scope="module")
 def node(mirror, tmp_path_factory):
-    node = start_node("metrics-trixie", "containerd-gvisor-node:trixie")
+    node = start_node("metrics-trixie", "containerd-gvisor-node:trixie", env={"CONTAINERD_GVISOR_TEST_HOOK": HOOK})
     node.vars.update({
+        # docker exec already runs as root, and sudo would drop CONTAINERD_GVISOR_TEST_HOOK from the environment.
+        "ansible_become": False,
         "containerd_gvisor_runtime": True, "containerd_gvisor_mirror_url": mirror.url, "containerd_gvisor_arch": ARCH,
         "containerd_gvisor_version": NEW, "containerd_gvisor_download_delay": 1,
         "containerd_gvisor_download_cache_dir": str(tmp_path_factory.mktemp("cache")),
@@ -250,6 +253,26 @@ def test_a_server_that_does_not_work_puts_the_node_back(converged, fault_case, f
         node.sh("systemctl restart containerd-gvisor-metrics")
     assert "runsc_meta_metric_server_presence 1" in scrape(old, wait=15)
     fault_case(f"metric server that does not work ({fault})", node)
+
+
+@pytest.mark.parametrize("change", ["a new address", "metrics off"])
+def test_a_change_killed_half_way_is_put_back_with_the_server_as_it_was(converged, fault_case, change):
+    node, address = converged, converged.vars["containerd_gvisor_metrics_address"]
+    unit, runsc_toml = node.read(UNIT), node.read(RUNSC_TOML)
+    node.write(HOOK, b"written")  # the module is killed once the files are written, before any proof
+    try:
+        play = node.play(**({"containerd_gvisor_metrics_address": f"127.0.0.1:{free_port()}"} if change == "a new address"
+                            else {"containerd_gvisor_metrics": False}))
+    finally:
+        node.sh(f"rm -f {HOOK}")
+
+    assert not play.ok
+    assert "A change was stopped half way before it was proven: what it had replaced was put back" in play.message
+    assert node.read(UNIT) == unit and node.read(RUNSC_TOML) == runsc_toml
+    assert node.sh("systemctl is-active containerd-gvisor-metrics; systemctl is-enabled containerd-gvisor-metrics").split() \
+        == ["active", "enabled"]
+    assert "runsc_meta_metric_server_presence 1" in scrape(address, wait=15)
+    fault_case(f"module killed half way through {change}", node)
 
 
 def test_a_handler_can_keep_its_sandboxes_out(converged):
