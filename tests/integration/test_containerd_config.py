@@ -14,7 +14,7 @@ import tomllib
 
 import pytest
 
-from gvisor_node import ARCH, CONFIG, remove_node, start_node
+from gvisor_node import ARCH, CONFIG, assert_ctr_reaches_the_shim, remove_node, start_node
 from gvisor_testinfra import REPO, RUNTIME_TYPE, handler_table
 
 sys.path.insert(0, str(REPO / "playbooks" / "collections"))
@@ -125,6 +125,12 @@ def test_handlers_a_containerd_1x_install_wrote_into_config_toml_move_into_the_d
     assert play.ok, play
     assert sid.read(CONFIG) == KUBEADM_V2.replace(b"oom_score", b'imports = ["/etc/containerd/conf.d/gvisor.toml"]\noom_score', 1)
     assert_cri_loads_with_gvisor(sid)
+
+
+def test_the_ctr_smoke_test_reaches_the_shim_on_containerd_21(sid):
+    sid.fresh_containerd(KUBEADM_V2)
+    assert sid.play().ok
+    assert_ctr_reaches_the_shim(sid)
 
 
 def test_containerd_1x_with_the_cri_section_in_an_imported_file_is_refused_before_any_change(mirror, tmp_path_factory):

@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, remove_node, start_node
+from gvisor_node import ARCH, BIN_DIR, CHANGE_TASK, CONFIG, RUNSC_TOML, assert_ctr_reaches_the_shim, remove_node, start_node
 from gvisor_testinfra import REPO, RUNTIME_TYPE, handler_table, runsc_version_line
 
 IMAGE = "containerd-gvisor-node:bookworm"
@@ -84,6 +84,11 @@ def test_a_compatible_release_is_installed_and_its_sandbox_started(node):
     assert node.sh(f"{BIN_DIR}/runsc --version").splitlines()[0] == runsc_version_line(COMPATIBLE, ARCH)
     assert 'platform = "systrap"' in node.read(RUNSC_TOML).decode()
     assert_containerd_runs_handler(node)
+
+
+def test_the_ctr_smoke_test_reaches_the_shim_on_containerd_16(node):
+    assert node.play(containerd_gvisor_version=COMPATIBLE).ok
+    assert_ctr_reaches_the_shim(node, containerd_gvisor_version=COMPATIBLE)
 
 
 def test_kvm_on_a_node_without_dev_kvm_is_refused_before_any_change(node):
