@@ -133,12 +133,14 @@ def install(bin_dir, files):
     return {path: sha512_of(os.path.join(bin_dir, path)) for path in files}
 
 
-def clean_leftovers(bin_dir, staging_root, keep):
-    """What interrupted runs left: staging directories, half-written helper directories and files."""
+def clean_leftovers(bin_dir, staging_root, keep, age):
+    """What interrupted runs left: staging directories untouched for age seconds (a younger one may belong to a run
+    that is still downloading, which the lock does not cover), half-written helper directories and files."""
     if os.path.isdir(staging_root):
         for name in os.listdir(staging_root):
-            if name.startswith("run-") and os.path.join(staging_root, name) != keep:
-                remove(os.path.join(staging_root, name))
+            path = os.path.join(staging_root, name)
+            if name.startswith("run-") and path != keep and time.time() - os.lstat(path).st_mtime > age:
+                remove(path)
     if os.path.isdir(bin_dir):
         for name in os.listdir(bin_dir):
             if name.startswith((f".{HELPERS}.new-", f".{RUNSC}.new-", f".{SHIM}.new-")) or name == HELPERS + ".old":
@@ -164,9 +166,10 @@ class Transaction:
         journal = {**(self.journal() or {}), "phase": phase, **details}
         write(os.path.join(self.dir, JOURNAL), json.dumps(journal).encode(), 0o600)
 
-    def begin(self, binaries, paths, restarts):
+    def begin(self, binaries, paths, restarts, staging=None):
         """Copy the installed release (when it is about to change) and the given files aside, then journal them.
-        restarts: the services to restart after putting them back."""
+        restarts: the services to restart after putting them back; staging: the change's staging directory, which a
+        recovery removes."""
         remove(self.dir)
         os.makedirs(os.path.join(self.dir, "files"), mode=0o700)
         entries = []
@@ -183,7 +186,8 @@ class Transaction:
                 shutil.copytree(source, os.path.join(self.dir, name), symlinks=True)
             elif os.path.lexists(source):
                 shutil.copy2(source, os.path.join(self.dir, name), follow_symlinks=False)
-        self.mark("kept", id=f"{time.time():.0f}-{os.getpid()}", binaries=binaries, files=entries, restarts=restarts)
+        self.mark("kept", id=f"{time.time():.0f}-{os.getpid()}", binaries=binaries, files=entries, restarts=restarts,
+                  staging=staging)
 
     def created(self, path):
         """Note a file this change makes besides those it replaces (a backup): put back, the change removes it."""

@@ -41,8 +41,14 @@ options:
     type: path
     required: true
   staging_dir:
-    description: This run's staging directory. Its parent's other C(run-*) directories are leftovers and removed.
+    description:
+      - This run's staging directory. Its parent's other C(run-*) directories untouched for O(staging_age) seconds are
+        leftovers of interrupted runs and removed.
     type: path
+  staging_age:
+    description: Seconds after which another run's staging directory counts as left behind (longer than a download takes).
+    type: int
+    default: 3600
   release:
     description: The release to install (C(version), C(arch), C(layout), C(url), C(artifacts) file name to sha512); none keeps the installed one.
     type: dict
@@ -246,7 +252,7 @@ class Change:
         restarts = [name for name, spec in (("containerd", containerd), ("docker", docker)) if spec.get("restart")]
         restarts += [server["unit"] for server in self.metrics["start"]] + self.metrics["stop"]
         self.tx.begin(bool(staged) or self.p["state"] == "absent", [target(f["path"]) for f in self.p["files"]]
-                      + self.p["remove"], restarts)
+                      + self.p["remove"], restarts, self.p["staging_dir"])
         test_hook("kept")
         try:
             for unit in self.metrics["stop"]:  # while its unit file is there to disable
@@ -369,6 +375,8 @@ class Change:
         self.result["changed"] = True
         if self.module.check_mode:
             return
+        if journal.get("staging"):
+            remove(journal["staging"])  # the stopped run's own staging directory: that run is over
         if journal["phase"] == "proven":
             self.tx.commit()
             self.result["msg"] = "A change was stopped half way after it had been proven: it was kept."
@@ -396,6 +404,7 @@ def main():
             "bin_dir": {"type": "path", "required": True},
             "state_dir": {"type": "path", "required": True},
             "staging_dir": {"type": "path"},
+            "staging_age": {"type": "int", "default": 3600},
             "release": {"type": "dict"},
             "record": {"type": "dict"},
             "sources": {"type": "dict", "default": {}},
@@ -424,7 +433,8 @@ def main():
                 change.fail("Another run's change of gVisor on this node was stopped half way after this run read "
                             "the node; run again: it finishes or undoes that change first.")
             if params["staging_dir"]:
-                clean_leftovers(params["bin_dir"], os.path.dirname(params["staging_dir"]), params["staging_dir"])
+                clean_leftovers(params["bin_dir"], os.path.dirname(params["staging_dir"]), params["staging_dir"],
+                                params["staging_age"])
             getattr(change, params["state"])()
     except OSError as err:
         change.fail(f"gVisor could not be changed in {params['bin_dir']}: {err}")

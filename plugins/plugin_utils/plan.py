@@ -511,6 +511,8 @@ def present(inputs, node, release):
         "handlers": [handler["name"] for handler in handlers],
         "module_args": {
             "state": "present", "bin_dir": bin_dir, "state_dir": inputs["state_dir"], "staging_dir": staging,
+            # Another run's staging directory younger than its longest download may still be in use.
+            "staging_age": (int(inputs["download_timeout"]) + 60) * int(inputs["download_retries"]) + 600,
             "release": release if install else None, "record": release if renamed else None,
             "compatibility": {"containerd": node["containerd"]["version"], "ignore": inputs.flag("ignore_compatibility")},
             "platforms": sorted({flags_platform(a) for a in args.values()}),

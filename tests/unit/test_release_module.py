@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 import pytest
 
@@ -241,12 +242,27 @@ def test_a_change_killed_after_any_step_is_finished_or_undone_by_the_next_run(no
     assert call(node, state="recovered")[1]["changed"] is False
 
 
-def test_a_run_removes_what_interrupted_runs_left(node):
+def test_a_run_removes_what_interrupted_runs_left_but_not_a_download_in_progress(node):
     leftovers = [node["state"] / "staging" / "run-old" / "unpacked", node["bin"] / ".gvisor-bin.new-x1y2"]
     for path in leftovers:
         path.mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    os.utime(node["state"] / "staging" / "run-old", (two_hours_ago, two_hours_ago))
+    # Another run's staging directory, written a moment ago: that run may still be downloading into it.
+    in_progress = node["state"] / "staging" / "run-other"
+    in_progress.mkdir()
+    (in_progress / "runsc").write_bytes(b"half")
     assert call(node, download_loose(node))[0] == 0
     assert not any(path.exists() for path in leftovers)
+    assert (in_progress / "runsc").read_bytes() == b"half"
+
+
+def test_a_recovery_removes_the_stopped_runs_staging_directory_whatever_its_age(node):
+    staging = node["state"] / "staging" / "run-stopped"
+    rc, _result = call(node, download_loose(node), hook="installed", staging_dir=str(staging))
+    assert rc != 0 and staging.is_dir()  # killed after installing: its staging directory is still there
+    assert call(node, state="recovered", staging_dir=str(node["state"] / "staging" / "run-recovery"))[1]["changed"]
+    assert not staging.exists()
 
 
 def test_absent_removes_binaries_files_and_the_state_dir(node):
