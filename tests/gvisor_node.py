@@ -157,6 +157,11 @@ class Node:
         argv = ["docker", "exec", self.name, "python3", "-c", SNAPSHOT, BIN_DIR, os.path.dirname(CONFIG), STATE_DIR]
         return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
+    def bin_dir_files(self):
+        """Every file under the bin dir (relative path -> sha512); the node's image has nothing else there."""
+        return {path[len(BIN_DIR) + 1:]: digest for path, digest in self.snapshot()["files"].items()
+                if path.startswith(BIN_DIR + "/") and digest != "directory"}
+
     def problems(self):
         """What keeps the node from being whole (see WHOLE); empty when it is."""
         argv = ["docker", "exec", self.name, "python3", "-c", WHOLE, BIN_DIR, STATE_DIR]

@@ -56,7 +56,7 @@ def node(mirror, tmp_path_factory):
 
 def ensure_release(node, version):
     """Install a release unless the node already holds exactly its files (under any name, e.g. latest)."""
-    if bin_dir_files(node) != expected_files(version, ARCH):
+    if node.bin_dir_files() != expected_files(version, ARCH):
         play = node.play(containerd_gvisor_version=version)
         assert play.ok, play
 
@@ -74,15 +74,9 @@ def empty_download_cache(node):
     cache.mkdir()
 
 
-def bin_dir_files(node):
-    """Every file under the bin dir (relative path -> sha512); the node's image has nothing else there."""
-    return {path[len(BIN_DIR) + 1:]: digest for path, digest in node.snapshot()["files"].items()
-            if path.startswith(BIN_DIR + "/") and digest != "directory"}
-
-
 def assert_installed(node, version):
     """The bin dir holds exactly the mirror's files of a release: nothing stale, nothing half-written."""
-    assert bin_dir_files(node) == expected_files(version, ARCH)
+    assert node.bin_dir_files() == expected_files(version, ARCH)
     has_helpers = f"{BIN_DIR}/gvisor-bin/" in node.snapshot()["files"]
     assert has_helpers == uses_archive(version, ARCH)
     assert node.sh(f"{BIN_DIR}/runsc --version").splitlines()[0] == runsc_version_line(version, ARCH)

@@ -44,17 +44,12 @@ def node(mirror, tmp_path_factory):
         remove_node(NODE)
 
 
-def bin_dir_files(node):
-    return {path[len(BIN_DIR) + 1:]: digest for path, digest in node.snapshot()["files"].items()
-            if path.startswith(BIN_DIR + "/") and digest != "directory"}
-
-
 def start_from(node, version):
     """The node with nothing of gVisor's (version None) or with exactly that release installed."""
     node.sh(f"rm -f {HOOK}")
     if version is None:
         assert node.play(containerd_gvisor_state="absent").ok
-    elif bin_dir_files(node) != expected_files(version, ARCH):
+    elif node.bin_dir_files() != expected_files(version, ARCH):
         assert node.play(containerd_gvisor_version=version).ok
     return node.snapshot()
 
@@ -62,7 +57,7 @@ def start_from(node, version):
 def assert_converges_and_a_later_failure_puts_back_only_its_own_change(node, version):
     play = node.play(containerd_gvisor_version=version)
     assert play.ok, play
-    assert bin_dir_files(node) == expected_files(version, ARCH)  # one release, whole
+    assert node.bin_dir_files() == expected_files(version, ARCH)  # one release, whole
     before = node.snapshot()
     failing = node.play(containerd_gvisor_version=version, containerd_gvisor_runsc_config={"overlay2": "bogus"})
     assert not failing.ok and 'invalid value "bogus" for flag -overlay2' in failing.message
@@ -84,7 +79,7 @@ def test_the_module_killed_after_a_step_is_finished_or_undone_by_the_same_run(no
     if step == "proven":
         # Proven before the kill: the change is kept, whole.
         assert "A change was stopped half way after it had been proven: it was kept" in play.message
-        assert bin_dir_files(node) == expected_files(NEW, ARCH)
+        assert node.bin_dir_files() == expected_files(NEW, ARCH)
     else:
         assert "was put back" in play.message
         held = f"gVisor {start} (loose)" if start else "no gVisor"

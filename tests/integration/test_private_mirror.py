@@ -125,9 +125,7 @@ def fresh_cache(work, name):
 
 def assert_installed(node, version):
     """The bin dir holds exactly the mirror's files of the release, runsc runs, containerd runs."""
-    files = {path[len(BIN_DIR) + 1:]: digest for path, digest in node.snapshot()["files"].items()
-             if path.startswith(BIN_DIR + "/") and digest != "directory"}
-    assert files == expected_files(version, ARCH)
+    assert node.bin_dir_files() == expected_files(version, ARCH)
     assert node.sh(f"{BIN_DIR}/runsc --version").splitlines()[0] == runsc_version_line(version, ARCH)
     assert node.containerd_active()
 
@@ -203,9 +201,7 @@ def test_every_channel_and_source_installs_through_the_private_mirror(node, priv
               containerd_gvisor_ca_path=ca, containerd_gvisor_github_url=f"{private_mirror.url}/github",
               containerd_gvisor_download_cache_dir=str(fresh_cache(work, name)), **variables, **credentials())
     assert run.play.ok, run.play
-    files = {path[len(BIN_DIR) + 1:]: digest for path, digest in node.snapshot()["files"].items()
-             if path.startswith(BIN_DIR + "/") and digest != "directory"}
-    assert files == archive_files(mirror_dir() / archive)
+    assert node.bin_dir_files() == archive_files(mirror_dir() / archive)
     # The archive came through the mirror, every request authenticated from the first (no 401) and answered.
     assert (f"/{archive}", 200) in run.requests and all(status == 200 for _path, status in run.requests), run.requests
 
