@@ -139,8 +139,11 @@ def clean_leftovers(bin_dir, staging_root, keep, age):
     if os.path.isdir(staging_root):
         for name in os.listdir(staging_root):
             path = os.path.join(staging_root, name)
-            if name.startswith("run-") and path != keep and time.time() - os.lstat(path).st_mtime > age:
-                remove(path)
+            try:
+                if name.startswith("run-") and path != keep and time.time() - os.lstat(path).st_mtime > age:
+                    remove(path)
+            except FileNotFoundError:
+                pass  # its own run, which removes it without the lock, was quicker
     if os.path.isdir(bin_dir):
         for name in os.listdir(bin_dir):
             if name.startswith((f".{HELPERS}.new-", f".{RUNSC}.new-", f".{SHIM}.new-")) or name == HELPERS + ".old":

@@ -136,6 +136,7 @@ msg:
   type: str
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -441,7 +442,7 @@ def main():
     finally:
         if params["staging_dir"]:
             remove(params["staging_dir"])
-            if os.path.isdir(os.path.dirname(params["staging_dir"])) and not os.listdir(os.path.dirname(params["staging_dir"])):
+            with contextlib.suppress(OSError):  # removed only when empty: another run may be downloading into it
                 os.rmdir(os.path.dirname(params["staging_dir"]))
         # A state directory that holds nothing but the lock (a change that did not happen, or one put back that was
         # the first) goes.

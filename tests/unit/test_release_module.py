@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from unit_support import make_tar, run_module, sha512
+from unit_support import collection_module, make_tar, run_module, sha512
 
 # A runsc for the tests: answers --version with @RELEASE@, and `do` with gVisor's banner unless told otherwise.
 RUNSC = """#!/bin/sh
@@ -255,6 +255,24 @@ def test_a_run_removes_what_interrupted_runs_left_but_not_a_download_in_progress
     assert call(node, download_loose(node))[0] == 0
     assert not any(path.exists() for path in leftovers)
     assert (in_progress / "runsc").read_bytes() == b"half"
+
+
+def test_leftover_cleaning_passes_over_a_staging_directory_its_own_run_removes_meanwhile(tmp_path, monkeypatch):
+    transaction = collection_module("plugins.module_utils.transaction")
+    root = tmp_path / "staging"
+    for name in ("run-finishing", "run-old"):
+        (root / name).mkdir(parents=True)
+        os.utime(root / name, (time.time() - 7200,) * 2)
+    lstat = os.lstat
+
+    def finishing_run_removes_its_directory_first(path, *args, **kwargs):
+        if str(path).endswith("run-finishing"):
+            os.rmdir(path)  # as that run's module does when it ends, without the lock
+        return lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", finishing_run_removes_its_directory_first)
+    transaction.clean_leftovers(str(tmp_path / "bin"), str(root), str(root / "run-this"), 3600)
+    assert list(root.iterdir()) == []
 
 
 def test_a_recovery_removes_the_stopped_runs_staging_directory_whatever_its_age(node):
