@@ -440,3 +440,19 @@ def test_https_and_basic_auth_together(mirror):
         assert PASSWORD not in server.log.read_text()
     finally:
         stopped_quietly(server)
+
+
+def test_serve_start_refuses_a_port_another_checkouts_server_holds(server, tmp_path):
+    """serve start must not report success because another mirror server answers on its port: the tests would
+    then read that server's files (or 404s, when its checkout is gone)."""
+    built = tmp_path / "mirror"
+    built.mkdir()
+    (built / ".complete").write_text("")
+    env = {**os.environ, "CONTAINERD_GVISOR_MIRROR_DIR": str(built), "CONTAINERD_GVISOR_MIRROR_PORT": str(server.port)}
+    serve = os.path.join(os.path.dirname(SERVER), "serve")
+    proc = subprocess.run([serve, "start"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 1, proc
+    assert f"http://127.0.0.1:{server.port}/ already answers" in proc.stderr
+    assert "CONTAINERD_GVISOR_MIRROR_PORT" in proc.stderr
+    assert not (tmp_path / "mirror.pid").exists()
+    assert request_(server, "GET", "/_control/health")[0] == 200  # the other server is left alone
